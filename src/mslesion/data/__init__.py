@@ -1,0 +1,1 @@
+"""Data: the HDF5 patch contract, the synthetic cohort, NIfTI extraction and splits."""

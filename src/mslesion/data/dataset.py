@@ -1,0 +1,276 @@
+"""The HDF5 patch dataset: the project's public contract (format documented in the README).
+
+One file per dataset:
+  images   float32 [N, C, D, H, W], attribute `channels` (names in stored order)
+  label    int [N]   Table 1 codes for MS data (0 = not labelled)
+  patient  str [N]   patient id
+  lesion   int [N]   lesion id within its patient
+  split    str [N]   optional predefined split ("train" / "val" / "test"), e.g. MedMNIST's official one
+  file attributes: voxel_size_mm (3 floats), format_version, source (free form), anything else extra.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from mslesion.atomic import atomic_path
+from mslesion.errors import InputError
+
+FORMAT_VERSION = 1
+MS_CHANNELS = ("flair", "qsm", "mask")
+
+# The paper's Table 1.
+TABLE1_NAMES = {
+    1: "unclassified",
+    2: "isointense",
+    3: "paramagnetic rim (PRL)",
+    4: "hypointense rim",
+    5: "hyperintense",
+    6: "hypointense",
+}
+TABLE1_COUNTS = {1: 3664, 2: 460, 3: 214, 4: 19, 5: 841, 6: 71}
+PAPER_CLASSES = "remyelinating=2,6;demyelinating=3,5"
+SPLIT_NAMES = ("train", "val", "test")
+
+
+@dataclass
+class PatchSet:
+    """Lesion patches and their metadata, as stored in one HDF5 file."""
+
+    images: np.ndarray
+    labels: np.ndarray
+    patients: np.ndarray
+    lesions: np.ndarray
+    channels: tuple[str, ...]
+    voxel_size_mm: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    source: str = ""
+    split: np.ndarray | None = None
+    attrs: dict[str, Any] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @property
+    def patch_shape(self) -> tuple[int, int, int]:
+        return tuple(self.images.shape[2:])  # type: ignore[return-value]
+
+
+@dataclass(frozen=True)
+class ClassMap:
+    """Groups label codes into training classes, e.g. remyelinating = {2, 6}, demyelinating = {3, 5}.
+
+    Codes that belong to no group are dropped from training and evaluation (the paper drops 1 and 4).
+    """
+
+    names: tuple[str, ...]
+    codes: tuple[tuple[int, ...], ...]
+
+    @classmethod
+    def parse(cls, spec: str) -> ClassMap:
+        """Parse "name=code,code;name=code" (e.g. "remyelinating=2,6;demyelinating=3,5")."""
+        names, codes = [], []
+        for part in filter(None, (p.strip() for p in spec.split(";"))):
+            name, sep, values = part.partition("=")
+            if not sep or not name.strip():
+                raise InputError(f"class map {spec!r}: expected 'name=code,code;name=code'")
+            try:
+                group = tuple(int(v) for v in values.split(",") if v.strip())
+            except ValueError:
+                raise InputError(f"class map {spec!r}: codes must be integers") from None
+            if not group:
+                raise InputError(f"class map {spec!r}: class {name.strip()!r} has no codes")
+            names.append(name.strip())
+            codes.append(group)
+        if len(names) < 2:
+            raise InputError(f"class map {spec!r}: need at least two classes")
+        flat = [c for g in codes for c in g]
+        if len(set(flat)) != len(flat):
+            raise InputError(f"class map {spec!r}: a code appears in two classes")
+        if len(set(names)) != len(names):
+            raise InputError(f"class map {spec!r}: class names must be distinct")
+        return cls(tuple(names), tuple(codes))
+
+    def spec(self) -> str:
+        return ";".join(f"{n}={','.join(map(str, c))}" for n, c in zip(self.names, self.codes, strict=True))
+
+    def targets(self, labels: np.ndarray) -> np.ndarray:
+        """Class index per sample, -1 where the label belongs to no class."""
+        out = np.full(len(labels), -1, dtype=np.int64)
+        for index, group in enumerate(self.codes):
+            out[np.isin(labels, group)] = index
+        return out
+
+
+@dataclass
+class Task:
+    """A PatchSet reduced to one classification task: chosen channels, mapped classes, unused samples dropped."""
+
+    images: np.ndarray  # float32 [N, C, D, H, W]
+    targets: np.ndarray  # int64 [N] class index
+    labels: np.ndarray  # int64 [N] original codes (the paper split stratifies on these)
+    patients: np.ndarray
+    lesions: np.ndarray
+    channels: tuple[str, ...]
+    class_map: ClassMap
+    split: np.ndarray | None
+    source_path: str
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+
+def write_patches(path: str | Path, patches: PatchSet) -> None:
+    """Write atomically: an interrupted write leaves any earlier file untouched."""
+    _check_consistent(patches, path)
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
+        images = f.create_dataset(
+            "images", data=patches.images.astype(np.float32, copy=False),
+            chunks=(1, *patches.images.shape[1:]), compression="gzip", compression_opts=1, shuffle=True,
+        )
+        images.attrs["channels"] = list(patches.channels)
+        f.create_dataset("label", data=patches.labels.astype(np.int64))
+        f.create_dataset("patient", data=np.asarray(patches.patients, dtype=object), dtype=h5py.string_dtype())
+        f.create_dataset("lesion", data=patches.lesions.astype(np.int64))
+        if patches.split is not None:
+            f.create_dataset("split", data=np.asarray(patches.split, dtype=object), dtype=h5py.string_dtype())
+        f.attrs["voxel_size_mm"] = np.asarray(patches.voxel_size_mm, dtype=np.float64)
+        f.attrs["format_version"] = FORMAT_VERSION
+        f.attrs["source"] = patches.source
+        for key, value in patches.attrs.items():
+            f.attrs[key] = value
+
+
+def _check_consistent(p: PatchSet, path: str | Path) -> None:
+    n = len(p.labels)
+    if p.images.ndim != 5:
+        raise InputError(f"images must be [N, C, D, H, W], got shape {p.images.shape}", path)
+    if p.images.shape[1] != len(p.channels):
+        raise InputError(f"{p.images.shape[1]} image channels but {len(p.channels)} channel names", path)
+    for name, arr in (("images", p.images), ("patient", p.patients), ("lesion", p.lesions)):
+        if len(arr) != n:
+            raise InputError(f"{name} has {len(arr)} entries but label has {n}", path)
+    if p.split is not None and len(p.split) != n:
+        raise InputError(f"split has {len(p.split)} entries but label has {n}", path)
+
+
+def read_patches(
+    path: str | Path, channels: tuple[str, ...] | None = None, labels_wanted: Callable | None = None
+) -> PatchSet:
+    """Read and validate a patch file; select `channels` (in the given order) if asked.
+
+    `labels_wanted(labels) -> bool mask` selects rows before the images are read, so that a file of many
+    unlabelled lesions need not be held in memory to train on its labelled ones.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise InputError("file not found", path)
+    try:
+        f = h5py.File(path, "r")
+    except OSError as exc:
+        raise InputError(f"not a readable HDF5 file ({exc.__class__.__name__})", path) from None
+    with f:
+        for key in ("images", "label", "patient", "lesion"):
+            if key not in f:
+                raise InputError(f"missing dataset '{key}' (not an mslesion patch file?)", path)
+        images_ds = f["images"]
+        stored = tuple(str(c) for c in images_ds.attrs.get("channels", []))
+        if images_ds.ndim != 5:
+            raise InputError(f"'images' must be [N, C, D, H, W], got shape {images_ds.shape}", path)
+        if len(stored) != images_ds.shape[1]:
+            raise InputError(
+                f"'images' has {images_ds.shape[1]} channels but its 'channels' attribute names {len(stored)}", path
+            )
+        if images_ds.dtype != np.float32:
+            raise InputError(f"'images' must be float32, got {images_ds.dtype}", path)
+        wanted = stored if channels is None else tuple(channels)
+        index = _channel_index(stored, wanted, path)
+        labels = f["label"][:].astype(np.int64)
+        rows = np.ones(len(labels), bool) if labels_wanted is None else np.asarray(labels_wanted(labels), bool)
+        if len(labels) != images_ds.shape[0]:
+            raise InputError(f"'images' has {images_ds.shape[0]} patches but 'label' has {len(labels)}", path)
+        images = _read_rows(images_ds, rows)
+        if index != list(range(len(stored))):
+            images = images[:, index]
+        patches = PatchSet(
+            images=np.ascontiguousarray(images),
+            labels=labels[rows],
+            patients=np.asarray([_text(p) for p in f["patient"][:]], dtype=object)[rows],
+            lesions=f["lesion"][:].astype(np.int64)[rows],
+            channels=wanted,
+            voxel_size_mm=tuple(float(v) for v in f.attrs.get("voxel_size_mm", (1.0, 1.0, 1.0))),
+            source=_text(f.attrs.get("source", "")),
+            split=np.asarray([_text(s) for s in f["split"][:]], dtype=object)[rows] if "split" in f else None,
+            attrs={k: v for k, v in f.attrs.items() if k not in ("voxel_size_mm", "format_version", "source")},
+        )
+    _check_consistent(patches, path)
+    if not np.isfinite(patches.images).all():
+        bad = int((~np.isfinite(patches.images)).any(axis=(1, 2, 3, 4)).sum())
+        raise InputError(f"'images' contains NaN or infinite values in {bad} patches", path)
+    if patches.split is not None:
+        unknown = sorted(set(patches.split) - set(SPLIT_NAMES))
+        if unknown:
+            raise InputError(f"'split' has unknown values {unknown}; allowed: {list(SPLIT_NAMES)}", path)
+    return patches
+
+
+def _read_rows(dataset: h5py.Dataset, rows: np.ndarray) -> np.ndarray:
+    if rows.all():
+        return dataset[:]
+    return dataset[np.flatnonzero(rows)] if rows.any() else np.empty((0, *dataset.shape[1:]), np.float32)
+
+
+def _channel_index(stored: tuple[str, ...], wanted: tuple[str, ...], path: Path) -> list[int]:
+    if not wanted:
+        raise InputError("no channels requested", path)
+    missing = [c for c in wanted if c not in stored]
+    if missing:
+        raise InputError(f"unknown channel {', '.join(missing)}; the file has {', '.join(stored)}", path)
+    if len(set(wanted)) != len(wanted):
+        raise InputError(f"channel listed twice in {','.join(wanted)}", path)
+    return [stored.index(c) for c in wanted]
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def load_task(path: str | Path, channels: tuple[str, ...], class_map: ClassMap) -> Task:
+    """Read a patch file for training/evaluation: map labels to classes and check every class has samples."""
+    known = {int(c) for g in class_map.codes for c in g} | {0, *TABLE1_NAMES}
+    unknown: list[int] = []
+
+    def in_task(labels: np.ndarray) -> np.ndarray:
+        unknown.extend(sorted(set(np.unique(labels).tolist()) - known))
+        return class_map.targets(labels) >= 0
+
+    patches = read_patches(path, channels, labels_wanted=in_task)
+    if unknown:
+        raise InputError(f"labels {unknown} are neither Table 1 codes nor in the class map '{class_map.spec()}'", path)
+    targets = class_map.targets(patches.labels)
+    for index, name in enumerate(class_map.names):
+        if not np.any(targets == index):
+            raise InputError(f"class '{name}' (codes {list(class_map.codes[index])}) has no samples", path)
+    return Task(
+        images=patches.images,
+        targets=targets,
+        labels=patches.labels,
+        patients=patches.patients,
+        lesions=patches.lesions,
+        channels=patches.channels,
+        class_map=class_map,
+        split=patches.split,
+        source_path=str(path),
+    )
+
+
+def parse_channels(text: str) -> tuple[str, ...]:
+    channels = tuple(c.strip().lower() for c in text.split(",") if c.strip())
+    if not channels:
+        raise InputError(f"no channels in {text!r}")
+    return channels

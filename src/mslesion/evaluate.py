@@ -1,0 +1,80 @@
+"""Test metrics of a trained run: accuracy, balanced accuracy, per-class true-positive rate, ROC AUC,
+confusion matrix, test-set sizes and the all-majority baseline."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+
+from mslesion.atomic import atomic_path, write_json
+from mslesion.config import EvaluateConfig
+from mslesion.data.dataset import Task, load_task
+from mslesion.errors import InputError
+from mslesion.inference import predict_probabilities
+from mslesion.metrics import classification_metrics
+from mslesion.runs import METRICS, PREDICTIONS, SPLIT, load_trained, read_json
+
+
+def test_indices(run_dir: Path, task: Task, same_data: bool) -> np.ndarray:
+    """The run's own test split when evaluating on its own data; every lesion of another file."""
+    if not same_data:
+        return np.arange(len(task))
+    indices = np.asarray([row["index"] for row in read_json(run_dir / SPLIT)["test"]], dtype=np.int64)
+    if len(indices) and indices.max() >= len(task):
+        raise InputError("split.json does not match the data file (was the file regenerated?)", run_dir / SPLIT)
+    return indices
+
+
+def evaluate(cfg: EvaluateConfig) -> dict:
+    """Evaluate a run's finished model; writes metrics.json and predictions.csv into the run folder."""
+    run_dir = Path(cfg.run)
+    trained = load_trained(run_dir)
+    data = cfg.data or trained.config.data
+    same_data = not cfg.data or Path(cfg.data).resolve() == Path(trained.config.data).resolve()
+    task = load_task(data, trained.channels, trained.class_map)
+    if task.images.shape[2:] != (trained.model.patch_size,) * 3:
+        raise InputError(f"patches are {task.images.shape[2:]}, the model expects {trained.model.patch_size}³", data)
+    indices = test_indices(run_dir, task, same_data)
+    probabilities, _ = predict_probabilities(trained.model, task.images[indices], cfg.batch_size, cfg.device,
+                                             temperature=trained.temperature)
+    metrics = {
+        "data": str(data),
+        "split": "test" if same_data else "all",
+        "channels": list(trained.channels),
+        **classification_metrics(task.targets[indices], probabilities, trained.class_map.names),
+    }
+    write_json(run_dir / METRICS, metrics)
+    write_predictions(run_dir / PREDICTIONS, task, indices, probabilities)
+    return metrics
+
+
+def write_predictions(path: Path, task: Task, indices: np.ndarray, probabilities: np.ndarray) -> None:
+    names = task.class_map.names
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["index", "patient", "lesion", "label", "target", *(f"p_{n}" for n in names), "predicted"])
+        for row, i in enumerate(indices):
+            writer.writerow([int(i), task.patients[i], int(task.lesions[i]), int(task.labels[i]),
+                             names[task.targets[i]], *(f"{p:.6f}" for p in probabilities[row]),
+                             names[int(probabilities[row].argmax())]])
+
+
+def metrics_table(metrics: dict, title: str = "Test metrics"):
+    """A rich table of the headline metrics."""
+    from rich.table import Table
+
+    table = Table(title=title)
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    table.add_row("lesions", str(metrics["n"]) + "  (" + ", ".join(
+        f"{k} {v}" for k, v in metrics["n_per_class"].items()) + ")")
+    table.add_row("accuracy", f"{metrics['accuracy']:.2%}")
+    table.add_row("balanced accuracy", f"{metrics['balanced_accuracy']:.2%}")
+    for name, value in metrics["true_positive_rate"].items():
+        table.add_row(f"TPR {name}", f"{value:.2%}")
+    table.add_row("ROC AUC", f"{metrics['roc_auc']:.3f}")
+    table.add_row("majority baseline", f"{metrics['majority_baseline_accuracy']:.2%}")
+    table.add_row("confusion matrix", str(metrics["confusion_matrix"]))
+    return table

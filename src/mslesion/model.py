@@ -1,0 +1,87 @@
+"""The paper's network (Table 2). Pure computation: no file I/O here.
+
+image input (zero-centred by the mean training image) → 3 × [Conv3d 3×3×3, stride 1, no padding
+(MATLAB's default) → BatchNorm3d → ReLU → MaxPool3d 2/2] with 64, 64, 128 maps → fully connected → logits.
+Softmax/cross-entropy live in the loss. With 3 channels and 35³ input: 339,778 trainable parameters.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+PAPER_WIDTHS = (64, 64, 128)
+
+
+def feature_size(patch_size: int, n_blocks: int = 3) -> int:
+    """Spatial size after n blocks of (valid 3×3×3 conv, 2/2 max-pool): 35 → 33 → 16 → 14 → 7 → 5 → 2."""
+    size = patch_size
+    for _ in range(n_blocks):
+        size = (size - 2) // 2
+    if size < 1:
+        raise ValueError(f"patch size {patch_size} is too small for {n_blocks} conv/pool blocks")
+    return size
+
+
+class ConvBlock(nn.Sequential):
+    def __init__(self, in_channels: int, out_channels: int) -> None:
+        super().__init__(
+            nn.Conv3d(in_channels, out_channels, kernel_size=3, stride=1, padding=0),
+            nn.BatchNorm3d(out_channels),
+            nn.ReLU(inplace=True),
+            nn.MaxPool3d(kernel_size=2, stride=2),
+        )
+
+
+class LesionNet(nn.Module):
+    """The paper's 3D CNN, for any channel count, patch size and class count."""
+
+    def __init__(
+        self, in_channels: int = 3, n_classes: int = 2, patch_size: int = 35,
+        widths: tuple[int, ...] = PAPER_WIDTHS,
+    ) -> None:
+        super().__init__()
+        self.in_channels, self.n_classes, self.patch_size = in_channels, n_classes, patch_size
+        # 'zerocenter' normalisation: the mean training image, stored with the model (not trained).
+        self.register_buffer("mean_image", torch.zeros(in_channels, patch_size, patch_size, patch_size))
+        blocks, previous = [], in_channels
+        for width in widths:
+            blocks.append(ConvBlock(previous, width))
+            previous = width
+        self.features = nn.Sequential(*blocks)
+        self.classifier = nn.Linear(previous * feature_size(patch_size, len(widths)) ** 3, n_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x - self.mean_image
+        return self.classifier(torch.flatten(self.features(x), 1))
+
+
+def count_trainable(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def batchnorm_layers(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
+    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+
+@torch.no_grad()
+def set_population_batchnorm(model: nn.Module, batches, device: torch.device | str = "cpu") -> None:
+    """Replace BN running averages by population statistics over the whole training set.
+
+    MATLAB's trainNetwork finalises batch-norm layers this way after training. With few steps and inputs in
+    ppm the exponential running averages stay near their initial values, and the evaluated net collapses
+    to one class even when training accuracy is 100%. Cumulative averaging (momentum=None) over one
+    no-grad pass gives the population mean and the mean per-batch variance.
+    """
+    layers = batchnorm_layers(model)
+    saved = [(layer.momentum, layer.training) for layer in layers]
+    was_training = model.training
+    model.train()
+    for layer in layers:
+        layer.reset_running_stats()
+        layer.momentum = None
+    for batch in batches:
+        model(batch.to(device, non_blocking=True))
+    for layer, (momentum, _) in zip(layers, saved, strict=True):
+        layer.momentum = momentum
+    model.train(was_training)

@@ -1,0 +1,299 @@
+"""Training: the paper's protocol, with checkpoint/resume and the batch-norm population pass.
+
+The augmented data set is never materialised: each epoch is a shuffled list of (patch, symmetry) pairs,
+and each batch applies its symmetries on the fly (see transforms.apply_symmetries).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from mslesion.atomic import write_json
+from mslesion.calibration import fit_temperature
+from mslesion.config import TrainConfig, to_dict
+from mslesion.data.dataset import ClassMap, Task, load_task
+from mslesion.data.splits import (
+    carve_validation,
+    check_split,
+    paper_split,
+    patient_folds,
+    patient_split,
+    predefined_split,
+)
+from mslesion.errors import InputError
+from mslesion.inference import autocast_dtype, predict_logits
+from mslesion.metrics import roc_auc
+from mslesion.model import LesionNet, set_population_batchnorm
+from mslesion.progress import progress_bar
+from mslesion.runs import (
+    CHECKPOINT,
+    CONFIG,
+    HISTORY,
+    LOG,
+    MODEL,
+    SPLIT,
+    load_torch,
+    model_metadata,
+    save_torch,
+)
+from mslesion.transforms import N_SYMMETRIES, apply_symmetries, apply_symmetry
+
+log = logging.getLogger("mslesion.train")
+
+
+def lr_at(epoch: int, cfg: TrainConfig) -> float:
+    """Learning rate of a 1-based epoch: lr × lr_decay^(milestones reached). Paper: 0.01, 0.00316, 0.001."""
+    return cfg.lr * cfg.lr_decay ** sum(epoch >= m for m in cfg.lr_milestones)
+
+
+def resolve_split(task: Task, cfg: TrainConfig) -> dict[str, np.ndarray]:
+    """Indices into the task for train / test (and val): a pure function of the data and the seed."""
+    if cfg.cv_folds > 1:
+        folds = patient_folds(task.targets, task.patients, cfg.cv_folds, cfg.seed)
+        test = np.sort(folds[cfg.fold])
+        split = {"train": np.setdiff1d(np.arange(len(task)), test), "test": test}
+    elif cfg.split == "paper":
+        split = paper_split(task.labels, cfg.train_fraction, cfg.seed)
+    elif cfg.split == "patient":
+        split = patient_split(task.targets, task.patients, cfg.train_fraction, cfg.seed)
+    else:
+        split = predefined_split(task.split, task.source_path)
+    if cfg.val_fraction > 0 and "val" not in split:
+        by_patient = cfg.split == "patient" or cfg.cv_folds > 1
+        split["train"], split["val"] = carve_validation(
+            split["train"], task.targets, task.patients, cfg.val_fraction, cfg.seed, by_patient
+        )
+    check_split(split, task.targets, len(task.class_map.names), task.source_path)
+    if cfg.select != "last" and "val" not in split:
+        raise InputError(f"--select {cfg.select} needs a validation set (--val-fraction, or a predefined 'val' split)")
+    return split
+
+
+def oversampled(train: np.ndarray, targets: np.ndarray, oversample: tuple[int, ...]) -> np.ndarray:
+    """Training indices with each class's patches repeated oversample[class] times (paper: ×2 remyelinating)."""
+    copies = np.asarray([oversample[t] if t < len(oversample) else 1 for t in targets[train]])
+    return np.repeat(train, copies)
+
+
+def epoch_plan(items: np.ndarray, augment: str, epoch: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The shuffled (patch index, symmetry index) pairs of one epoch; a pure function of (epoch, seed)."""
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    items_t = torch.as_tensor(items, dtype=torch.long)
+    if augment == "full":
+        items_t = items_t.repeat_interleave(N_SYMMETRIES)
+        ks = torch.arange(N_SYMMETRIES).repeat(len(items))
+    elif augment == "random":
+        ks = torch.randint(0, N_SYMMETRIES, (len(items),), generator=generator)
+    else:
+        ks = torch.zeros(len(items), dtype=torch.long)
+    order = torch.randperm(len(items_t), generator=generator)
+    return items_t[order], ks[order]
+
+
+def mean_training_image(images: torch.Tensor, items: np.ndarray, augment: str) -> torch.Tensor:
+    """The 'zerocenter' image: the mean of the training set as the net sees it (augmented if augmented)."""
+    total = torch.zeros(images.shape[1:], dtype=torch.float64)
+    for start in range(0, len(items), 512):
+        total += images[torch.as_tensor(items[start:start + 512])].double().sum(0)
+    mean = total / len(items)
+    if augment != "none":  # the mean over all 48 orientations is the symmetrised mean
+        mean = torch.stack([apply_symmetry(mean, k) for k in range(N_SYMMETRIES)]).mean(0)
+    return mean.float()
+
+
+def build_model(cfg: TrainConfig, task: Task) -> LesionNet:
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        return LesionNet(len(task.channels), len(task.class_map.names), task.images.shape[-1])
+
+
+def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Adam:
+    """Adam (0.9/0.999, 1e-8) with L2 regularisation on conv/FC weights only (MATLAB's L2 factors)."""
+    decay = [p for n, p in model.named_parameters() if n.endswith("weight") and p.ndim > 1]
+    no_decay = [p for n, p in model.named_parameters() if not (n.endswith("weight") and p.ndim > 1)]
+    return torch.optim.Adam(
+        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=cfg.lr, betas=(0.9, 0.999), eps=1e-8,
+    )
+
+
+def train_epoch(model, optimizer, images, targets, plan, cfg, device, dtype, bar=None) -> dict[str, float]:
+    model.train()
+    items, ks = plan
+    loss_sum, correct, seen = 0.0, 0, 0
+    for start in range(0, len(items), cfg.batch_size):
+        idx, k = items[start:start + cfg.batch_size], ks[start:start + cfg.batch_size]
+        if len(idx) < 2:  # batch norm cannot train on a single sample
+            continue
+        x = apply_symmetries(images[idx.to(images.device)], k.to(images.device)).to(device, non_blocking=True)
+        y = targets[idx.to(targets.device)].to(device, non_blocking=True)
+        with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+            logits = model(x)
+            loss = F.cross_entropy(logits.float(), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        loss_sum += float(loss.detach()) * len(idx)
+        correct += int((logits.argmax(1) == y).sum())
+        seen += len(idx)
+        if bar is not None:
+            bar.advance(len(idx), loss=loss_sum / seen, acc=correct / seen)
+    return {"loss": loss_sum / max(seen, 1), "accuracy": correct / max(seen, 1), "samples": seen}
+
+
+def population_batches(images: torch.Tensor, items: np.ndarray, batch_size: int, seed: int):
+    """One pass over the training set (random orientations when augmenting) for the batch-norm statistics."""
+    generator = torch.Generator().manual_seed(seed + 7)
+    order = torch.as_tensor(items)[torch.randperm(len(items), generator=generator)]
+    ks = torch.randint(0, N_SYMMETRIES, (len(order),), generator=generator)
+    for start in range(0, len(order), batch_size):
+        idx = order[start:start + batch_size]
+        if len(idx) >= 2:
+            yield apply_symmetries(images[idx.to(images.device)], ks[start:start + batch_size].to(images.device))
+
+
+@torch.no_grad()
+def validation_logits(model, images, targets, items, val, cfg, device) -> torch.Tensor:
+    """Logits on the validation set of a copy of the model whose batch norm is finalised on ≤ 1024 patches."""
+    probe = copy.deepcopy(model)
+    subset = items[:: max(1, len(items) // 1024)]
+    set_population_batchnorm(probe, population_batches(images, subset, cfg.batch_size, cfg.seed), device)
+    return predict_logits(probe, images[torch.as_tensor(val)], 256, device, precision=cfg.precision)
+
+
+def validation_stats(logits: torch.Tensor, targets: torch.Tensor) -> dict[str, float]:
+    probabilities = torch.softmax(logits, 1).numpy()
+    return {
+        "val_loss": float(F.cross_entropy(logits, targets)),
+        "val_accuracy": float((logits.argmax(1) == targets).float().mean()),
+        "val_auc": roc_auc(targets.numpy(), probabilities),
+    }
+
+
+def is_better(stats: dict[str, float], best: dict[str, float] | None, select: str) -> bool:
+    if best is None:
+        return True
+    if select == "val_loss":
+        return stats["val_loss"] < best["val_loss"]
+    return stats[select] > best[select]
+
+
+def setup_logging(run_dir: Path) -> logging.Handler:
+    handler = logging.FileHandler(run_dir / LOG)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    return handler
+
+
+def split_record(task: Task, split: dict[str, np.ndarray]) -> dict:
+    return {
+        part: [{"index": int(i), "patient": str(task.patients[i]), "lesion": int(task.lesions[i]),
+                "label": int(task.labels[i])} for i in idx]
+        for part, idx in split.items()
+    }
+
+
+def train(cfg: TrainConfig, resume: bool = False, show_progress: bool = True, task: Task | None = None) -> Path:
+    """Train one model; returns the run folder. With resume, continue from the last finished epoch."""
+    run_dir = Path(cfg.out)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    task = task or load_task(cfg.data, tuple(cfg.channels), ClassMap.parse(cfg.classes))
+    device = torch.device(cfg.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise InputError("--device cuda but no CUDA GPU is available")
+    checkpoint = _load_resume_checkpoint(run_dir, cfg) if resume else None
+    if not resume and (run_dir / MODEL).exists():
+        raise InputError("run folder already holds a finished model; use another --out or --resume", run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    handler = setup_logging(run_dir)
+    try:
+        return _train(cfg, task, run_dir, device, checkpoint, show_progress)
+    finally:
+        log.removeHandler(handler)
+        handler.close()
+
+
+def _load_resume_checkpoint(run_dir: Path, cfg: TrainConfig) -> dict | None:
+    path = run_dir / CHECKPOINT
+    if not path.exists():
+        return None
+    checkpoint = load_torch(path)
+    saved = {k: v for k, v in checkpoint["config"].items() if k not in ("device", "threads", "out")}
+    wanted = {k: v for k, v in to_dict(cfg).items() if k not in ("device", "threads", "out")}
+    changed = sorted(k for k in wanted if saved.get(k) != wanted[k])
+    if changed:
+        raise InputError(f"cannot resume: settings differ from the checkpoint's ({', '.join(changed)})", path)
+    return checkpoint
+
+
+def _train(cfg, task, run_dir, device, checkpoint, show_progress) -> Path:
+    split = resolve_split(task, cfg)
+    write_json(run_dir / CONFIG, to_dict(cfg))
+    write_json(run_dir / SPLIT, split_record(task, split))
+    images = torch.from_numpy(task.images)
+    targets = torch.from_numpy(task.targets)
+    if device.type == "cuda":  # the whole data set and its augmentation live on the GPU
+        images, targets = images.to(device), targets.to(device)
+    items = oversampled(split["train"], task.targets, cfg.oversample)
+    model = build_model(cfg, task)
+    model.mean_image.copy_(mean_training_image(images.cpu(), items, cfg.augment))
+    model.to(device)
+    optimizer = build_optimizer(model, cfg)
+    history: list[dict] = []
+    first_epoch, best = 1, None
+    if checkpoint is not None:
+        model.load_state_dict(checkpoint["state_dict"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        history, first_epoch = checkpoint["history"], checkpoint["epoch"] + 1
+        best = checkpoint.get("best")
+        log.info("resuming after epoch %d", checkpoint["epoch"])
+    val_targets = torch.as_tensor(task.targets[split["val"]]) if "val" in split else None
+    dtype = autocast_dtype(device, cfg.precision)
+    per_epoch = len(items) * (N_SYMMETRIES if cfg.augment == "full" else 1)
+    log.info("train %d patches (%d after oversampling), %d per epoch, test %d, precision %s",
+             len(split["train"]), len(items), per_epoch, len(split["test"]), dtype or torch.float32)
+    with progress_bar(show_progress) as bars:
+        for epoch in range(first_epoch, cfg.epochs + 1):
+            for group in optimizer.param_groups:
+                group["lr"] = lr_at(epoch, cfg)
+            started = time.perf_counter()
+            bar = bars.task(f"epoch {epoch}/{cfg.epochs}", total=per_epoch)
+            stats = train_epoch(model, optimizer, images, targets, epoch_plan(items, cfg.augment, epoch, cfg.seed),
+                                cfg, device, dtype, bar)
+            seconds = time.perf_counter() - started
+            record = {"epoch": epoch, "lr": lr_at(epoch, cfg), **stats, "seconds": seconds,
+                      "samples_per_s": stats["samples"] / seconds}
+            if val_targets is not None:
+                record.update(validation_stats(
+                    validation_logits(model, images, targets, items, split["val"], cfg, device), val_targets))
+                if cfg.select != "last" and is_better(record, best and best["record"], cfg.select):
+                    best = {"record": record, "state_dict": copy.deepcopy(model.state_dict())}
+            history.append(record)
+            log.info("epoch %d: %s", epoch, ", ".join(f"{k} {v:.4g}" for k, v in record.items() if k != "epoch"))
+            save_torch({"format": "mslesion", "config": to_dict(cfg), "epoch": epoch, "history": history,
+                        "state_dict": model.state_dict(), "optimizer": optimizer.state_dict(), "best": best},
+                       run_dir / CHECKPOINT)
+            write_json(run_dir / HISTORY, history)
+    if best is not None:
+        log.info("selected epoch %d by %s", best["record"]["epoch"], cfg.select)
+        model.load_state_dict(best["state_dict"])
+    set_population_batchnorm(model, population_batches(images, items, cfg.batch_size, cfg.seed), device)
+    temperature = 1.0
+    if val_targets is not None:
+        logits = predict_logits(model, images[torch.as_tensor(split["val"])], 256, device, precision=cfg.precision)
+        temperature = fit_temperature(logits, val_targets)
+        log.info("temperature %.3f fitted on %d validation lesions", temperature, len(val_targets))
+    save_torch({**model_metadata(model, cfg, task.class_map, task.channels), "temperature": temperature,
+                "selected_epoch": best["record"]["epoch"] if best else cfg.epochs,
+                "state_dict": {k: v.cpu() for k, v in model.state_dict().items()}}, run_dir / MODEL)
+    log.info("finished; model saved to %s", run_dir / MODEL)
+    return run_dir

@@ -1,0 +1,78 @@
+"""The 48 symmetries of the cube (24 rotations × a reflection) as pure tensor functions.
+
+The paper augments each training patch by the 24 rotations by multiples of 90° and a "vertical" flip:
+48 distinct images. The same set is the group of signed permutation matrices of the three spatial axes
+(6 axis orders × 8 sign patterns), which is how we index it: symmetry k permutes the spatial axes by
+`AXIS_ORDERS[k // 8]` and then flips the axes set in the bits of `k % 8`. Index 0 is the identity.
+"""
+
+from __future__ import annotations
+
+from itertools import permutations
+
+import numpy as np
+import torch
+
+AXIS_ORDERS: tuple[tuple[int, int, int], ...] = tuple(permutations(range(3)))  # type: ignore[assignment]
+N_SYMMETRIES = 48
+
+
+def symmetry_axes(k: int) -> tuple[tuple[int, int, int], tuple[int, ...]]:
+    """(axis order, flipped axes) of symmetry k, for the last three (spatial) dimensions."""
+    if not 0 <= k < N_SYMMETRIES:
+        raise ValueError(f"symmetry index must be in [0, 48), got {k}")
+    order = AXIS_ORDERS[k // 8]
+    flips = tuple(axis for axis in range(3) if (k % 8) >> axis & 1)
+    return order, flips
+
+
+def symmetry_matrix(k: int) -> np.ndarray:
+    """The 3×3 signed permutation matrix M of symmetry k: output voxel index = M · input index (centred)."""
+    order, flips = symmetry_axes(k)
+    matrix = np.zeros((3, 3), dtype=np.int64)
+    for out_axis, in_axis in enumerate(order):
+        matrix[out_axis, in_axis] = -1 if out_axis in flips else 1
+    return matrix
+
+
+def symmetry_from_matrix(matrix: np.ndarray) -> int:
+    for k in range(N_SYMMETRIES):
+        if np.array_equal(symmetry_matrix(k), matrix):
+            return k
+    raise ValueError("not a signed permutation matrix")
+
+
+def is_rotation(k: int) -> bool:
+    return round(float(np.linalg.det(symmetry_matrix(k)))) == 1
+
+
+def apply_symmetry(x: torch.Tensor, k: int) -> torch.Tensor:
+    """Apply symmetry k to the last three dimensions of x (any leading batch/channel dimensions)."""
+    order, flips = symmetry_axes(k)
+    lead = x.ndim - 3
+    x = x.permute(*range(lead), *(lead + a for a in order))
+    return x.flip([lead + a for a in flips]) if flips else x
+
+
+def invert_symmetry(k: int) -> int:
+    """The index of the inverse symmetry (for mapping saliency maps back, for instance)."""
+    return symmetry_from_matrix(symmetry_matrix(k).T)
+
+
+def apply_symmetries(batch: torch.Tensor, ks: torch.Tensor) -> torch.Tensor:
+    """Apply symmetry ks[i] to batch[i] ([B, C, D, H, W] with D == H == W), grouped by symmetry.
+
+    Each distinct symmetry in the batch costs one gather; no augmented copies of the dataset exist.
+    """
+    if batch.shape[-1] != batch.shape[-2] or batch.shape[-2] != batch.shape[-3]:
+        raise ValueError(f"cube symmetries need a cubic patch, got {tuple(batch.shape[-3:])}")
+    out = torch.empty_like(batch, memory_format=torch.contiguous_format)
+    for k in torch.unique(ks).tolist():
+        rows = (ks == k).nonzero().squeeze(1)
+        out[rows] = apply_symmetry(batch[rows], int(k))
+    return out
+
+
+def random_symmetries(n: int, generator: torch.Generator) -> torch.Tensor:
+    """n symmetry indices drawn uniformly (the draw is separate from the deterministic application)."""
+    return torch.randint(0, N_SYMMETRIES, (n,), generator=generator)
