@@ -1,0 +1,127 @@
+"""The trainer: schedule, epoch plans, learning (in any input unit), determinism and resume."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import toy_patches
+
+import mslesion.train as train_module
+from mslesion.config import EvaluateConfig, TrainConfig
+from mslesion.data.dataset import write_patches
+from mslesion.evaluate import evaluate
+from mslesion.train import epoch_plan, lr_at, oversampled, train
+
+
+def test_paper_learning_rate_schedule():
+    cfg = TrainConfig()
+    rates = [lr_at(epoch, cfg) for epoch in range(1, 16)]
+    assert rates[:5] == pytest.approx([0.01] * 5)
+    assert rates[5:9] == pytest.approx([0.00316] * 4, rel=1e-3)
+    assert rates[9:] == pytest.approx([0.001] * 6, rel=1e-3)
+
+
+def test_full_plan_visits_every_patch_in_all_48_orientations_once():
+    items = np.array([3, 5, 5, 9])  # 5 is oversampled
+    patches, symmetries = epoch_plan(items, "full", epoch=1, seed=0)
+    pairs = sorted(zip(patches.tolist(), symmetries.tolist(), strict=True))
+    expected = sorted((i, k) for i in items.tolist() for k in range(48))
+    assert pairs == expected
+
+
+def test_plans_are_seeded_and_change_between_epochs():
+    items = np.arange(50)
+    a1, k1 = epoch_plan(items, "random", 1, seed=4)
+    a1b, k1b = epoch_plan(items, "random", 1, seed=4)
+    a2, _ = epoch_plan(items, "random", 2, seed=4)
+    assert torch.equal(a1, a1b) and torch.equal(k1, k1b)
+    assert not torch.equal(a1, a2)
+    assert sorted(a1.tolist()) == list(range(50))
+    none_items, none_k = epoch_plan(items, "none", 1, seed=4)
+    assert (none_k == 0).all() and sorted(none_items.tolist()) == list(range(50))
+
+
+def test_oversampling_doubles_the_first_class():
+    train_idx = np.array([0, 1, 2, 3])
+    targets = np.array([0, 1, 0, 1])
+    assert sorted(oversampled(train_idx, targets, (2, 1)).tolist()) == [0, 0, 1, 2, 2, 3]
+
+
+def toy_config(tmp_path: Path, name: str, scale: float = 1.0, **changes) -> TrainConfig:
+    data = tmp_path / f"toy_{scale}.h5"
+    if not data.exists():
+        write_patches(data, toy_patches(n_per_code={2: 40, 3: 30, 5: 30, 6: 10}, size=23, scale=scale))
+    settings = dict(data=str(data), out=str(tmp_path / name), channels=("flair", "qsm"), augment="random",
+                    epochs=3, batch_size=32, seed=0, threads=2)
+    settings.update(changes)
+    return TrainConfig(**settings)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("scale", [0.01, 1000.0])
+def test_learns_a_separable_set_in_ppm_or_ppb_units(tmp_path: Path, scale: float):
+    # ppm-scale inputs (~0.01) once made running-average batch norm collapse the net to one class.
+    run = train(toy_config(tmp_path, "run", scale=scale), show_progress=False)
+    metrics = evaluate(EvaluateConfig(run=str(run)))
+    assert metrics["n"] == 33  # per code: floor(70%) of 40, 30, 30, 10 to train
+    assert metrics["accuracy"] >= 0.9 > metrics["majority_baseline_accuracy"] + 0.2
+    assert min(metrics["true_positive_rate"].values()) >= 0.8
+
+
+@pytest.mark.slow
+def test_resumed_run_equals_uninterrupted_run(tmp_path: Path, monkeypatch):
+    uninterrupted = train(toy_config(tmp_path, "a", epochs=3), show_progress=False)
+    metrics_a = evaluate(EvaluateConfig(run=str(uninterrupted)))
+
+    real_epoch = train_module.train_epoch
+    calls = {"n": 0}
+
+    def interrupted_epoch(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real_epoch(*args, **kwargs)
+
+    cfg_b = toy_config(tmp_path, "b", epochs=3)
+    monkeypatch.setattr(train_module, "train_epoch", interrupted_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg_b, show_progress=False)
+    assert json.loads((Path(cfg_b.out) / "history.json").read_text())[-1]["epoch"] == 2
+    assert not (Path(cfg_b.out) / "model.pt").exists()
+    monkeypatch.setattr(train_module, "train_epoch", real_epoch)
+    resumed = train(cfg_b, resume=True, show_progress=False)
+    metrics_b = evaluate(EvaluateConfig(run=str(resumed)))
+
+    state_a = torch.load(Path(uninterrupted) / "model.pt", weights_only=True)["state_dict"]
+    state_b = torch.load(Path(resumed) / "model.pt", weights_only=True)["state_dict"]
+    for key in state_a:
+        assert torch.equal(state_a[key], state_b[key]), key
+    for key in ("accuracy", "roc_auc", "confusion_matrix"):
+        assert metrics_a[key] == metrics_b[key]
+    assert (Path(uninterrupted) / "split.json").read_text() == (Path(resumed) / "split.json").read_text()
+
+
+def test_resume_refuses_changed_settings(tmp_path: Path):
+    from mslesion.errors import InputError
+
+    cfg = toy_config(tmp_path, "c", epochs=1)
+    train(cfg, show_progress=False)
+    with pytest.raises(InputError, match="settings differ.*lr"):
+        train(toy_config(tmp_path, "c", epochs=1, lr=0.5), resume=True, show_progress=False)
+
+
+def test_run_folder_is_self_describing(tmp_path: Path):
+    run = Path(train(toy_config(tmp_path, "d", epochs=1, val_fraction=0.2, select="val_auc"), show_progress=False))
+    for name in ("config.json", "split.json", "checkpoint.pt", "model.pt", "history.json", "train.log"):
+        assert (run / name).exists(), name
+    config = json.loads((run / "config.json").read_text())
+    assert config["channels"] == ["flair", "qsm"] and config["select"] == "val_auc"
+    split = json.loads((run / "split.json").read_text())
+    indices = [row["index"] for part in ("train", "val", "test") for row in split[part]]
+    assert len(indices) == len(set(indices)) == 110
+    history = json.loads((run / "history.json").read_text())
+    assert {"loss", "accuracy", "val_auc", "val_loss", "lr"} <= set(history[0])
