@@ -146,3 +146,10 @@ def test_interrupted_write_keeps_the_old_file(tmp_path: Path):
         write_patches(path, broken)
     assert len(read_patches(path)) == len(toy_patches(size=5))
     assert [p.name for p in tmp_path.iterdir()] == ["p.h5"]
+
+
+def test_an_empty_patch_file_round_trips(tmp_path: Path):
+    patches = toy_patches(n_per_code={2: 0}, size=5)
+    write_patches(tmp_path / "empty.h5", patches)
+    back = read_patches(tmp_path / "empty.h5")
+    assert len(back) == 0 and back.images.shape == (0, 3, 5, 5, 5)

@@ -129,9 +129,11 @@ def write_patches(path: str | Path, patches: PatchSet) -> None:
     """Write atomically: an interrupted write leaves any earlier file untouched."""
     _check_consistent(patches, path)
     with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
+        # One chunk per patch: reading a subset of lesions touches only their chunks. An empty file
+        # (a subject without lesions) cannot be chunked and is stored contiguously.
+        chunked = dict(chunks=(1, *patches.images.shape[1:]), compression="gzip", compression_opts=1, shuffle=True)
         images = f.create_dataset(
-            "images", data=patches.images.astype(np.float32, copy=False),
-            chunks=(1, *patches.images.shape[1:]), compression="gzip", compression_opts=1, shuffle=True,
+            "images", data=patches.images.astype(np.float32, copy=False), **(chunked if len(patches) else {})
         )
         images.attrs["channels"] = list(patches.channels)
         f.create_dataset("label", data=patches.labels.astype(np.int64))

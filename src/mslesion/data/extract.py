@@ -1,0 +1,368 @@
+"""NIfTI subjects → lesions → 35³ patches: the one code path shared by `extract` and `predict`.
+
+Lesions are the 3D connected components of a binary mask (or the integer ids of an instance map), minus
+those under a minimum volume. Each patch is centred on its lesion's centre of mass (moved to the nearest
+lesion voxel when the centre falls outside a non-convex lesion) and padded with zeros at the volume edge.
+The mask channel marks the centred lesion only, as in the paper's patches: neighbours show in FLAIR and
+QSM but the label belongs to the lesion in the mask.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from scipy import ndimage
+
+from mslesion.atomic import atomic_path
+from mslesion.config import to_dict
+from mslesion.data.dataset import MS_CHANNELS, PatchSet, write_patches
+from mslesion.data.nifti import Grid, load_aligned
+from mslesion.data.subjects import Subject
+from mslesion.errors import InputError
+from mslesion.progress import progress_bar
+
+# QSM is stored in ppm; tissue susceptibility differences stay well under 1 ppm in a skull-stripped brain,
+# so a 99th percentile of |χ| above 5 can only be ppb (about 1000× larger).
+PPB_THRESHOLD = 5.0
+# Normal-appearing tissue for FLAIR scaling: outside lesions and above 10% of the 99th percentile, which
+# drops the zero background of skull-stripped scans and most CSF.
+TISSUE_FRACTION = 0.1
+NORMALISATION = {
+    "flair": "divided by the median FLAIR of normal-appearing tissue (outside lesions, above 10% of the 99th "
+             "percentile), so that normal tissue is 1",
+    "qsm": "ppm; inputs in ppb (99th percentile |value| > 5) divided by 1000",
+    "non_finite": "NaN and infinite voxels set to 0",
+}
+LESION_COLUMNS = ("subject", "lesion", "voxels", "volume_mm3", "centre_i", "centre_j", "centre_k",
+                  "x_mm", "y_mm", "z_mm", "label")
+
+
+@dataclass(frozen=True)
+class ExtractConfig:
+    """Extraction of lesion patches from NIfTI subjects (`mslesion extract`)."""
+
+    out: str = "patches.h5"
+    """Patch file to write; the per-lesion CSV and this config (JSON) are written beside it."""
+    channels: tuple[str, ...] = ()
+    """Channels to extract, in order (flair, qsm, mask); empty = those every subject has."""
+    patch_size: int = 35
+    """Edge of the cubic patch in voxels (the paper: 35)."""
+    min_volume_mm3: float = 10.0
+    """Lesions (components) smaller than this are dropped."""
+    connectivity: int = 6
+    """6 (faces) or 26 (faces, edges and corners) for connected components of a binary mask."""
+    instances: bool = False
+    """The mask is an instance map (one integer id per lesion) instead of a binary mask."""
+    resample: bool = False
+    """Resample images that are not on the reference grid (QSM, else FLAIR, else mask) instead of failing."""
+    voxel_size_mm: tuple[float, ...] = ()
+    """Resample every subject to this voxel size (3 values, or 1 for isotropic); empty = keep the grid."""
+
+    def __post_init__(self) -> None:
+        if self.patch_size < 1:
+            raise InputError(f"--patch-size must be positive, got {self.patch_size}")
+        if self.min_volume_mm3 < 0:
+            raise InputError(f"--min-volume must be ≥ 0, got {self.min_volume_mm3}")
+        if self.connectivity not in (6, 26):
+            raise InputError(f"--connectivity must be 6 or 26, got {self.connectivity}")
+        unknown = [c for c in self.channels if c not in MS_CHANNELS]
+        if unknown or len(set(self.channels)) != len(self.channels):
+            raise InputError(f"--channels must be distinct names among {', '.join(MS_CHANNELS)}, "
+                             f"got {','.join(self.channels)}")
+        if len(self.voxel_size_mm) not in (0, 1, 3) or any(v <= 0 for v in self.voxel_size_mm):
+            raise InputError(f"--voxel-size must be 1 or 3 positive numbers, got {self.voxel_size_mm}")
+
+    @property
+    def target_voxel_size(self) -> tuple[float, float, float] | None:
+        if not self.voxel_size_mm:
+            return None
+        v = self.voxel_size_mm
+        return (v[0], v[0], v[0]) if len(v) == 1 else (v[0], v[1], v[2])
+
+
+@dataclass
+class SubjectLesions:
+    """The lesions of one subject: patches, labels, a per-lesion table and the map they came from."""
+
+    subject: str
+    grid: Grid
+    lesion_map: np.ndarray  # int32 canonical array: lesion id per voxel (0 elsewhere, small lesions included)
+    lesion_ids: np.ndarray  # int64 [n] ids of the kept lesions
+    patches: np.ndarray  # float32 [n, C, p, p, p]
+    labels: np.ndarray  # int64 [n] Table 1 code, 0 = unknown
+    records: list[dict]
+    notes: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.lesion_ids)
+
+
+def resolve_channels(cfg: ExtractConfig, subjects: list[Subject]) -> tuple[str, ...]:
+    """The configured channels, or those all subjects have (in the paper's order)."""
+    if cfg.channels:
+        return cfg.channels
+    return tuple(c for c in MS_CHANNELS if all(c in s.available_channels for s in subjects))
+
+
+def extract_subject(subject: Subject, cfg: ExtractConfig, channels: tuple[str, ...]) -> SubjectLesions:
+    """Load, check and normalise one subject's images and cut one patch per lesion."""
+    for channel in channels:
+        if subject.image(channel) is None:
+            raise InputError(f"subject {subject.id} has no {channel.upper()} image, which channel "
+                             f"'{channel}' needs", subject.mask)
+    paths = {role: subject.image(role) for role in ("flair", "qsm") if role in channels}
+    paths["mask"] = subject.mask
+    labels_csv = None
+    if subject.phenotype is not None and subject.phenotype.suffix.lower() == ".csv":
+        labels_csv = read_lesion_labels(subject.phenotype)
+    elif subject.phenotype is not None:
+        paths["phenotype"] = subject.phenotype
+    reference = next(r for r in ("qsm", "flair", "mask") if r in paths)
+    grid, arrays = load_aligned(paths, reference, cfg.resample, cfg.target_voxel_size)
+    lesion_map = lesion_components(arrays["mask"], cfg, subject.mask)
+    notes: list[str] = []
+    ids, sizes = kept_lesions(lesion_map, grid.voxel_volume_mm3, cfg.min_volume_mm3)
+    check_patch_fits(cfg.patch_size, grid.shape, subject.mask)
+    images = {c: normalised(c, arrays[c], lesion_map > 0, notes, subject.image(c)) for c in channels if c != "mask"}
+    objects = ndimage.find_objects(lesion_map)
+    centres = np.array([lesion_centre(lesion_map, objects[i - 1], i, grid) for i in ids], dtype=np.int64)
+    labels = lesion_labels(ids, objects, lesion_map, arrays.get("phenotype"), labels_csv, subject)
+    patches = cut_patches(lesion_map, ids, centres, images, channels, cfg.patch_size)
+    records = lesion_records(subject.id, ids, sizes, centres, labels, grid)
+    return SubjectLesions(subject.id, grid, lesion_map, ids, patches, labels, records, notes)
+
+
+def cut_patches(lesion_map: np.ndarray, ids: np.ndarray, centres: np.ndarray, images: dict[str, np.ndarray],
+                channels: tuple[str, ...], size: int) -> np.ndarray:
+    """float32 [n, C, size³]: the channels around each centre; the mask channel shows that lesion only."""
+    patches = np.zeros((len(ids), len(channels), size, size, size), np.float32)
+    for n, (lesion, centre) in enumerate(zip(ids, centres, strict=True)):
+        for c, channel in enumerate(channels):
+            if channel == "mask":
+                patches[n, c] = crop_patch(lesion_map, centre, size) == lesion
+            else:
+                patches[n, c] = crop_patch(images[channel], centre, size)
+    return patches
+
+
+def lesion_components(mask: np.ndarray, cfg: ExtractConfig, path: Path) -> np.ndarray:
+    """Lesion id per voxel: connected components of a binary mask, or the values of an instance map."""
+    if not np.isfinite(mask).all():
+        raise InputError("the lesion mask contains NaN or infinite values", path)
+    if cfg.instances:
+        if mask.min() < 0 or not np.array_equal(mask, np.round(mask)):
+            raise InputError("an instance map must hold non-negative integers (one id per lesion)", path)
+        if mask.max() > np.iinfo(np.int32).max:
+            raise InputError(f"lesion id {int(mask.max())} is too large", path)
+        return mask.astype(np.int32)
+    # Float masks written by other tools may hold 0.99999 for 1 (scaling round-off), not 0.5 (interpolation).
+    binary, background = np.abs(mask - 1) <= 1e-3, np.abs(mask) <= 1e-3
+    if not (binary | background).all():
+        values = np.unique(mask[~(binary | background)])[:5]
+        raise InputError(f"a binary lesion mask must hold only 0 and 1, found {', '.join(f'{v:g}' for v in values)}"
+                         " (an instance map with one integer per lesion? use --instances)", path)
+    structure = ndimage.generate_binary_structure(3, 1 if cfg.connectivity == 6 else 3)
+    labelled, _ = ndimage.label(binary, structure=structure)
+    return labelled.astype(np.int32, copy=False)
+
+
+def kept_lesions(lesion_map: np.ndarray, voxel_volume_mm3: float, min_volume_mm3: float):
+    """Ids and voxel counts of the lesions at least `min_volume_mm3` large, in id order."""
+    sizes = np.bincount(lesion_map.ravel())
+    sizes[0] = 0
+    # A small tolerance so that e.g. 10 voxels of 1 mm³ stored as 0.99999 mm³ are not dropped at 10 mm³.
+    keep = (sizes > 0) & (sizes * voxel_volume_mm3 >= min_volume_mm3 * (1 - 1e-6))
+    ids = np.flatnonzero(keep).astype(np.int64)
+    return ids, sizes[ids].astype(np.int64)
+
+
+def check_patch_fits(patch_size: int, shape: tuple[int, ...], path: Path) -> None:
+    if any(patch_size > s for s in shape):
+        raise InputError(f"patch size {patch_size} is larger than the volume {'×'.join(map(str, shape))}", path)
+
+
+def lesion_centre(lesion_map: np.ndarray, box: tuple[slice, ...], lesion: int, grid: Grid) -> np.ndarray:
+    """Centre of mass rounded to a voxel; the nearest lesion voxel (in mm) if that falls outside the lesion."""
+    inside = lesion_map[box] == lesion
+    coords = np.argwhere(inside)
+    centre = np.rint(coords.mean(axis=0)).astype(np.int64)
+    if not inside[tuple(centre)]:
+        spacing = np.asarray(grid.voxel_size_mm)
+        centre = coords[np.argmin((((coords - centre) * spacing) ** 2).sum(axis=1))]
+    return centre + np.array([s.start for s in box])
+
+
+def crop_patch(volume: np.ndarray, centre: np.ndarray, size: int) -> np.ndarray:
+    """The size³ cube around `centre` (at index size // 2), zero-padded where it leaves the volume."""
+    start = np.asarray(centre) - size // 2
+    out = np.zeros((size, size, size), volume.dtype)
+    src, dst = [], []
+    for axis in range(3):
+        lo, hi = max(start[axis], 0), min(start[axis] + size, volume.shape[axis])
+        src.append(slice(lo, hi))
+        dst.append(slice(lo - start[axis], hi - start[axis]))
+    out[tuple(dst)] = volume[tuple(src)]
+    return out
+
+
+def normalised(channel: str, data: np.ndarray, lesions: np.ndarray, notes: list[str], path: Path | None) -> np.ndarray:
+    """Intensities comparable across subjects: FLAIR over normal tissue, QSM in ppm; NaN/inf → 0."""
+    bad = ~np.isfinite(data)
+    if bad.any():
+        data = np.where(bad, np.float32(0), data)
+        notes.append(f"{channel}: {int(bad.sum())} NaN/infinite voxels set to 0 ({path})")
+    if channel == "qsm":
+        return qsm_in_ppm(data, notes)
+    return flair_normalised(data, lesions, path)
+
+
+def qsm_in_ppm(data: np.ndarray, notes: list[str]) -> np.ndarray:
+    values = np.abs(data[data != 0])
+    if values.size and float(np.percentile(values[:: max(1, values.size // 200_000)], 99)) > PPB_THRESHOLD:
+        notes.append("qsm: values look like ppb (99th percentile |χ| > 5); divided by 1000 to ppm")
+        return data / np.float32(1000)
+    return data
+
+
+def flair_normalised(data: np.ndarray, lesions: np.ndarray, path: Path | None) -> np.ndarray:
+    positive = data[data > 0]
+    if positive.size == 0:
+        raise InputError("FLAIR has no positive voxels", path)
+    threshold = TISSUE_FRACTION * float(np.percentile(positive[:: max(1, positive.size // 200_000)], 99))
+    tissue = data[(data > threshold) & ~lesions]
+    if tissue.size == 0:
+        raise InputError("FLAIR has no normal-appearing tissue outside the lesion mask", path)
+    return data / np.float32(np.median(tissue))
+
+
+def lesion_labels(
+    ids: np.ndarray, objects: list, lesion_map: np.ndarray, phenotype: np.ndarray | None,
+    labels_csv: dict[int, int] | None, subject: Subject,
+) -> np.ndarray:
+    """Table 1 code per lesion: the majority non-zero phenotype code inside it, or the CSV's; 0 = unknown."""
+    if labels_csv is not None:
+        present = set(np.unique(lesion_map).tolist())
+        missing = sorted(set(labels_csv) - present)
+        if missing:
+            raise InputError(f"lesion ids {missing[:5]} are not in the lesion mask {subject.mask.name}",
+                             subject.phenotype)
+        return np.array([labels_csv.get(int(i), 0) for i in ids], dtype=np.int64)
+    if phenotype is None:
+        return np.zeros(len(ids), np.int64)
+    if phenotype.min() < 0 or not np.array_equal(phenotype, np.round(phenotype)):
+        raise InputError("a phenotype map must hold non-negative integer codes", subject.phenotype)
+    codes = np.zeros(len(ids), np.int64)
+    for n, lesion in enumerate(ids):
+        box = objects[lesion - 1]
+        values = phenotype[box][lesion_map[box] == lesion].astype(np.int64)
+        counts = np.bincount(values[values > 0]) if (values > 0).any() else np.zeros(1)
+        codes[n] = int(np.argmax(counts)) if counts.any() else 0
+    return codes
+
+
+def read_lesion_labels(path: Path) -> dict[int, int]:
+    """A `lesion,label` CSV (lesion id as in the mask or the extract CSV, label a Table 1 code)."""
+    if not path.exists():
+        raise InputError("file not found", path)
+    with path.open(newline="") as f:
+        reader = csv.DictReader(f)
+        if reader.fieldnames is None or not {"lesion", "label"} <= {h.strip() for h in reader.fieldnames}:
+            raise InputError("a lesion label CSV needs the columns lesion,label", path)
+        labels = {}
+        for line, row in enumerate(reader, start=2):
+            try:
+                labels[int(row["lesion"])] = int(row["label"])
+            except (TypeError, ValueError):
+                raise InputError(f"line {line}: lesion and label must be integers", path) from None
+    return labels
+
+
+def lesion_records(subject: str, ids, sizes, centres, labels, grid: Grid) -> list[dict]:
+    """Per-lesion rows; voxel centres are indices in the input image's own orientation."""
+    rows = []
+    homogeneous = np.c_[centres, np.ones(len(centres))] if len(centres) else np.zeros((0, 4))
+    world = homogeneous @ grid.affine.T
+    original = world @ np.linalg.inv(grid.original_affine).T
+    for n, lesion in enumerate(ids):
+        i, j, k = (int(round(v)) for v in original[n, :3])
+        x, y, z = (round(float(v), 2) for v in world[n, :3])
+        rows.append({"subject": subject, "lesion": int(lesion), "voxels": int(sizes[n]),
+                     "volume_mm3": round(float(sizes[n]) * grid.voxel_volume_mm3, 3), "centre_i": i, "centre_j": j,
+                     "centre_k": k, "x_mm": x, "y_mm": y, "z_mm": z, "label": int(labels[n])})
+    return rows
+
+
+def csv_text(rows: list[dict], columns: tuple[str, ...]) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(columns), extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def extract_subjects(
+    subjects: list[Subject], cfg: ExtractConfig, channels: tuple[str, ...], show_progress: bool = True,
+) -> list[SubjectLesions]:
+    results = []
+    with progress_bar(show_progress) as bars:
+        bar = bars.task("subjects", total=len(subjects))
+        for subject in subjects:
+            results.append(extract_subject(subject, cfg, channels))
+            bar.advance()
+    return results
+
+
+def sidecar_paths(out: Path) -> tuple[Path, Path]:
+    """The per-lesion CSV and the config JSON written beside a patch file (patches_lesions.csv, ...).
+
+    Suffixed names, so that `extract subjects.csv --out subjects.h5` cannot overwrite the manifest."""
+    return out.with_name(f"{out.stem}_lesions.csv"), out.with_name(f"{out.stem}_extract.json")
+
+
+def run_extract(subjects: list[Subject], cfg: ExtractConfig, show_progress: bool = True) -> list[SubjectLesions]:
+    """`mslesion extract`: every subject's lesion patches into one patch file, plus the per-lesion CSV.
+
+    Nothing is written until every subject has been read, so a bad input leaves no partial output.
+    """
+    channels = resolve_channels(cfg, subjects)
+    if not channels:
+        raise InputError("no channel is available in every subject")
+    results = extract_subjects(subjects, cfg, channels, show_progress)
+    write_extraction(Path(cfg.out), results, cfg, channels)
+    return results
+
+
+def write_extraction(out: Path, results: list[SubjectLesions], cfg: ExtractConfig, channels: tuple[str, ...]) -> None:
+    p = cfg.patch_size
+    images = np.concatenate([r.patches for r in results]) if results else np.zeros((0, len(channels), p, p, p))
+    voxel_sizes = {r.grid.voxel_size_mm for r in results}
+    first = results[0].grid.voxel_size_mm if results else (1.0, 1.0, 1.0)
+    patches = PatchSet(
+        images=images.astype(np.float32, copy=False),
+        labels=np.concatenate([r.labels for r in results]) if results else np.zeros(0, np.int64),
+        patients=np.asarray([r.subject for r in results for _ in range(len(r))], dtype=object),
+        lesions=np.concatenate([r.lesion_ids for r in results]) if results else np.zeros(0, np.int64),
+        channels=channels,
+        voxel_size_mm=tuple(round(v, 4) for v in first),  # type: ignore[arg-type]
+        source="mslesion extract",
+        attrs={
+            "normalisation": json.dumps(NORMALISATION),
+            "subject_notes": json.dumps({r.subject: r.notes for r in results if r.notes}),
+            "extract_config": json.dumps(to_dict(cfg)),
+            "voxel_sizes_differ": len(voxel_sizes) > 1,
+        },
+    )
+    csv_path, json_path = sidecar_paths(out)
+    rows = [row for r in results for row in r.records]
+    record = {"config": to_dict(cfg), "channels": list(channels), "normalisation": NORMALISATION,
+              "subjects": {r.subject: {"lesions": len(r), "notes": r.notes} for r in results}}
+    with atomic_path(csv_path) as tmp_csv, atomic_path(json_path) as tmp_json:
+        tmp_csv.write_text(csv_text(rows, LESION_COLUMNS))
+        tmp_json.write_text(json.dumps(record, indent=2) + "\n")
+        if len(patches):  # an HDF5 file of zero patches would only fail later, in train
+            write_patches(out, patches)

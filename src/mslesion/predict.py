@@ -1,0 +1,270 @@
+"""Per-lesion predictions on new subjects (`mslesion predict`): NIfTI in, CSV + label/probability maps out.
+
+Lesions are found and cut exactly as `extract` does (`extract_subject`), with the run's channels and patch
+size. Everything is written into a temporary folder beside `--out` and moved into place at the end, so an
+error on the tenth subject leaves no half-written output.
+
+Output folder:
+  predictions.csv                      every lesion of every subject
+  summary.csv                          per subject: lesion count and volume per predicted class
+  predict_config.json                  the resolved PredictConfig, the run's classes and channels
+  <subject>/lesions.csv                that subject's lesions
+  <subject>/<subject>_pred-label_dseg.nii.gz   lesion voxels = predicted class (1, 2, ...; K+1 = uncertain)
+  <subject>/<subject>_pred-prob.nii.gz         one volume per class: each lesion's class probability
+  <subject>/summary.json               counts, volumes, the label map's legend, timings
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from mslesion.config import to_dict
+from mslesion.data.extract import ExtractConfig, csv_text, extract_subject
+from mslesion.data.nifti import to_original_orientation
+from mslesion.data.subjects import Subject
+from mslesion.errors import InputError
+from mslesion.progress import progress_bar
+from mslesion.runs import TrainedModel, load_trained
+
+UNCERTAIN = "uncertain"
+
+
+@dataclass(frozen=True)
+class PredictConfig:
+    """Prediction with a trained run on NIfTI subjects or a patch file (`mslesion predict`)."""
+
+    run: str = ""
+    """Run folder written by `mslesion train` (its model.pt, channels, classes and temperature are used)."""
+    out: str = "predictions"
+    """Output folder (created; files of the same name in it are replaced)."""
+    tta: bool = False
+    """Average over the 48 cube symmetries and report their spread (48× the compute)."""
+    abstain: float = 0.0
+    """Report a lesion as 'uncertain' when its highest class probability is below this (0 = never)."""
+    batch_size: int = 8
+    """Lesions per forward pass; small batches keep the 35³ feature maps in cache (faster on CPU)."""
+    device: str = "cpu"
+    precision: str = "fp32"
+    """fp32, or bf16/auto for faster CPU/GPU inference with slightly different probabilities."""
+    threads: int = 0
+    """CPU threads for torch (0 = torch's default)."""
+    min_volume_mm3: float = 10.0
+    """As in extract: lesions smaller than this are not classified."""
+    connectivity: int = 6
+    instances: bool = False
+    resample: bool = False
+    voxel_size_mm: tuple[float, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.abstain < 1:
+            raise InputError(f"--abstain must be in [0, 1), got {self.abstain}")
+        if self.batch_size < 1:
+            raise InputError("--batch-size must be at least 1")
+        if self.precision not in ("auto", "bf16", "fp32"):
+            raise InputError(f"--precision must be auto, bf16 or fp32, got {self.precision!r}")
+        self.extract_config(35, ("mask",))  # validates the shared extraction options
+
+    def extract_config(self, patch_size: int, channels: tuple[str, ...]) -> ExtractConfig:
+        return ExtractConfig(out="", channels=channels, patch_size=patch_size, min_volume_mm3=self.min_volume_mm3,
+                             connectivity=self.connectivity, instances=self.instances, resample=self.resample,
+                             voxel_size_mm=self.voxel_size_mm)
+
+
+def classify(trained: TrainedModel, images: np.ndarray, cfg: PredictConfig) -> tuple[np.ndarray, np.ndarray | None]:
+    from mslesion.inference import predict_probabilities
+
+    return predict_probabilities(trained.model, images, cfg.batch_size, cfg.device, tta=cfg.tta,
+                                 temperature=trained.temperature, precision=cfg.precision)
+
+
+def decisions(probabilities: np.ndarray, names: tuple[str, ...], abstain: float) -> tuple[np.ndarray, list[str]]:
+    """Predicted class index per lesion (-1 = uncertain) and its name."""
+    index = probabilities.argmax(axis=1) if len(probabilities) else np.zeros(0, np.int64)
+    if abstain > 0 and len(probabilities):
+        index = np.where(probabilities.max(axis=1) < abstain, -1, index)
+    return index, [UNCERTAIN if i < 0 else names[i] for i in index]
+
+
+def prediction_rows(base: list[dict], probabilities: np.ndarray, spread: np.ndarray | None,
+                    names: tuple[str, ...], predicted: list[str]) -> list[dict]:
+    rows = []
+    for n, record in enumerate(base):
+        row = dict(record)
+        for k, name in enumerate(names):
+            row[f"p_{name}"] = round(float(probabilities[n, k]), 5)
+            if spread is not None:
+                row[f"spread_{name}"] = round(float(spread[n, k]), 5)
+        row["predicted"] = predicted[n]
+        rows.append(row)
+    return rows
+
+
+def columns(base: tuple[str, ...], names: tuple[str, ...], tta: bool) -> tuple[str, ...]:
+    probability = tuple(f"p_{n}" for n in names)
+    spread = tuple(f"spread_{n}" for n in names) if tta else ()
+    return (*base, *probability, *spread, "predicted")
+
+
+def subject_summary(subject: str, rows: list[dict], names: tuple[str, ...], with_volume: bool) -> dict:
+    summary: dict = {"subject": subject, "lesions": len(rows)}
+    for name in (*names, UNCERTAIN):
+        chosen = [r for r in rows if r["predicted"] == name]
+        summary[f"n_{name}"] = len(chosen)
+        if with_volume:
+            summary[f"volume_{name}_mm3"] = round(sum(r["volume_mm3"] for r in chosen), 3)
+    return summary
+
+
+def write_maps(folder: Path, lesions, index: np.ndarray, probabilities: np.ndarray, n_classes: int) -> None:
+    """Label map (class index + 1; K + 1 = uncertain) and per-class probability map on the input grid."""
+    import nibabel as nib
+
+    size = int(lesions.lesion_map.max()) + 1
+    label_lut = np.zeros(size, np.uint8)
+    label_lut[lesions.lesion_ids] = np.where(index < 0, n_classes + 1, index + 1)
+    prob_lut = np.zeros((size, n_classes), np.float32)
+    prob_lut[lesions.lesion_ids] = probabilities
+    label_img = to_original_orientation(label_lut[lesions.lesion_map], lesions.grid)
+    prob_img = to_original_orientation(prob_lut[lesions.lesion_map], lesions.grid)
+    nib.save(label_img, folder / f"{lesions.subject}_pred-label_dseg.nii.gz")
+    nib.save(prob_img, folder / f"{lesions.subject}_pred-prob.nii.gz")
+
+
+def predict_subject(trained: TrainedModel, subject: Subject, cfg: PredictConfig, folder: Path) -> tuple[list, dict]:
+    names = trained.class_map.names
+    started = time.perf_counter()
+    lesions = extract_subject(subject, cfg.extract_config(trained.model.patch_size, trained.channels),
+                              trained.channels)
+    extracted = time.perf_counter()
+    probabilities, spread = classify(trained, lesions.patches, cfg)
+    index, predicted = decisions(probabilities, names, cfg.abstain)
+    inferred = time.perf_counter()
+    rows = prediction_rows(lesions.records, probabilities, spread, names, predicted)
+    folder.mkdir(parents=True)
+    folder.joinpath("lesions.csv").write_text(csv_text(rows, subject_columns(names, cfg.tta)))
+    write_maps(folder, lesions, index, probabilities, len(names))
+    summary = subject_summary(subject.id, rows, names, with_volume=True)
+    legend = {"0": "background", **{str(k + 1): n for k, n in enumerate(names)}, str(len(names) + 1): UNCERTAIN}
+    detail = {**summary, "label_map_values": legend, "probability_map_volumes": list(names), "notes": lesions.notes,
+              "seconds_extract": round(extracted - started, 3), "seconds_classify": round(inferred - extracted, 3)}
+    folder.joinpath("summary.json").write_text(json.dumps(detail, indent=2) + "\n")
+    return rows, {**summary, "notes": lesions.notes, "seconds": round(inferred - started, 3)}
+
+
+SUBJECT_BASE = ("subject", "lesion", "x_mm", "y_mm", "z_mm", "centre_i", "centre_j", "centre_k", "voxels",
+                "volume_mm3", "label")
+
+
+def subject_columns(names: tuple[str, ...], tta: bool) -> tuple[str, ...]:
+    return columns(SUBJECT_BASE, names, tta)
+
+
+def check_channels(trained: TrainedModel, subjects: list[Subject], run: str) -> None:
+    """Fail before any work when a subject lacks an image the model was trained on."""
+    for subject in subjects:
+        missing = [c for c in trained.channels if subject.image(c) is None]
+        if missing:
+            raise InputError(f"the model of {run} needs channel(s) {', '.join(missing)} but subject {subject.id} "
+                             f"has no {'/'.join(m.upper() for m in missing)} image", subject.mask)
+
+
+def predict_subjects(cfg: PredictConfig, subjects: list[Subject], show_progress: bool = True) -> list[dict]:
+    """Predict every subject into `cfg.out`; returns the per-subject summaries."""
+    trained = _load(cfg)
+    check_channels(trained, subjects, cfg.run)
+    names = trained.class_map.names
+    all_rows, summaries = [], []
+    with output_folder(Path(cfg.out)) as tmp, progress_bar(show_progress) as bars:
+        bar = bars.task("subjects", total=len(subjects))
+        for subject in subjects:
+            rows, summary = predict_subject(trained, subject, cfg, tmp / subject.id)
+            all_rows.extend(rows)
+            summaries.append(summary)
+            bar.advance()
+        tmp.joinpath("predictions.csv").write_text(csv_text(all_rows, subject_columns(names, cfg.tta)))
+        summary_columns = tuple(k for k in summaries[0] if k != "notes") if summaries else ("subject",)
+        tmp.joinpath("summary.csv").write_text(csv_text(summaries, summary_columns))
+        write_config(tmp, cfg, trained)
+    return summaries
+
+
+def predict_patch_file(cfg: PredictConfig, path: Path, show_progress: bool = True) -> list[dict]:
+    """Predict the lesions of a patch file (no maps: the file holds no volumes)."""
+    from mslesion.data.dataset import read_patches
+
+    trained = _load(cfg)
+    patches = read_patches(path, trained.channels)
+    if patches.patch_shape != (trained.model.patch_size,) * 3:
+        raise InputError(f"patches are {patches.patch_shape} but the model of {cfg.run} expects "
+                         f"{trained.model.patch_size}³", path)
+    names = trained.class_map.names
+    probabilities, spread = classify(trained, patches.images, cfg)
+    _, predicted = decisions(probabilities, names, cfg.abstain)
+    base = [{"subject": str(p), "lesion": int(lesion), "label": int(label)}
+            for p, lesion, label in zip(patches.patients, patches.lesions, patches.labels, strict=True)]
+    rows = prediction_rows(base, probabilities, spread, names, predicted)
+    subjects = list(dict.fromkeys(r["subject"] for r in rows))
+    summaries = [subject_summary(s, [r for r in rows if r["subject"] == s], names, with_volume=False)
+                 for s in subjects]
+    with output_folder(Path(cfg.out)) as tmp:
+        tmp.joinpath("predictions.csv").write_text(csv_text(rows, columns(("subject", "lesion", "label"), names,
+                                                                          cfg.tta)))
+        summary_columns = tuple(summaries[0]) if summaries else ("subject",)
+        tmp.joinpath("summary.csv").write_text(csv_text(summaries, summary_columns))
+        write_config(tmp, cfg, trained)
+    return summaries
+
+
+def write_config(folder: Path, cfg: PredictConfig, trained: TrainedModel) -> None:
+    record = {"config": to_dict(cfg), "channels": list(trained.channels), "classes": trained.class_map.spec(),
+              "temperature": trained.temperature, "patch_size": trained.model.patch_size}
+    folder.joinpath("predict_config.json").write_text(json.dumps(record, indent=2) + "\n")
+
+
+def _load(cfg: PredictConfig) -> TrainedModel:
+    import torch
+
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    return load_trained(cfg.run)
+
+
+class output_folder:  # noqa: N801  (used as a context manager, like tempfile.TemporaryDirectory)
+    """A temporary folder beside `out`, moved into place only if the block succeeds."""
+
+    def __init__(self, out: Path) -> None:
+        self.out = out
+
+    def __enter__(self) -> Path:
+        if self.out.exists() and not self.out.is_dir():
+            raise InputError("exists and is not a folder", self.out)
+        self.out.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.", suffix=".tmp", dir=self.out.parent))
+        return self.tmp
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        try:
+            if exc_type is None:
+                publish(self.tmp, self.out)
+        finally:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def publish(tmp: Path, out: Path) -> None:
+    """Move a finished output folder into place; into an existing folder, replace entry by entry."""
+    if not out.exists():
+        os.replace(tmp, out)
+        return
+    for entry in tmp.iterdir():
+        target = out / entry.name
+        if target.is_dir() and entry.is_dir():
+            shutil.rmtree(target)
+        os.replace(entry, target)

@@ -1,0 +1,284 @@
+"""extract: lesions from NIfTI subjects → patches, labels, per-lesion CSV; bad inputs end as one line, exit 2."""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from mslesion.data.dataset import read_patches
+from mslesion.data.extract import (
+    ExtractConfig,
+    crop_patch,
+    extract_subject,
+    lesion_components,
+    run_extract,
+    sidecar_paths,
+)
+from mslesion.data.subjects import Subject
+from mslesion.errors import InputError
+
+# A left-posterior-inferior grid (not RAS) with 1 mm voxels: extraction must undo the orientation.
+LPI_AFFINE = np.array([[-1.0, 0, 0, 20], [0, -1, 0, 30], [0, 0, -1, 10], [0, 0, 0, 1]])
+# (centre, radius in voxels, Table 1 code) of the synthetic lesions, in stored voxel indices.
+LESIONS = (((10, 10, 10), 2, 3), ((22, 20, 12), 2, 6), ((12, 22, 22), 3, 5))
+
+
+def ball(shape: tuple[int, int, int], centre, radius: float) -> np.ndarray:
+    grid = np.indices(shape)
+    return ((grid - np.asarray(centre)[:, None, None, None]) ** 2).sum(0) <= radius**2
+
+
+def write_subject(
+    folder: Path, name: str = "sub-001", shape=(32, 32, 32), affine=LPI_AFFINE, lesions=LESIONS,
+    qsm_scale: float = 1.0, seed: int = 0,
+) -> Subject:
+    """FLAIR (tissue ~ 100, lesions 180), QSM (ppm; lesion value by class), binary mask and phenotype map."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    mask = np.zeros(shape, np.uint8)
+    phenotype = np.zeros(shape, np.uint8)
+    flair = np.full(shape, 100.0, np.float32) + rng.normal(0, 2, shape).astype(np.float32)
+    flair[:2] = 0  # background slab, as in a skull-stripped scan
+    qsm = rng.normal(0, 0.005, shape).astype(np.float32)
+    for centre, radius, code in lesions:
+        inside = ball(shape, centre, radius)
+        mask[inside], phenotype[inside] = 1, code
+        flair[inside] = 180.0
+        qsm[inside] = 0.04 if code in (3, 5) else -0.02
+    paths = {}
+    for role, data in (("FLAIR", flair), ("Chimap", qsm * qsm_scale), ("label-lesion_mask", mask),
+                       ("desc-phenotype_dseg", phenotype)):
+        paths[role] = folder / f"{name}_{role}.nii.gz"
+        nib.save(nib.Nifti1Image(data, affine), paths[role])
+    return Subject(name, paths["label-lesion_mask"], paths["FLAIR"], paths["Chimap"], paths["desc-phenotype_dseg"])
+
+
+def run_cli(args: list[str], monkeypatch, capsys) -> tuple[int, str]:
+    """Run `mslesion ARGS` through main() (as the console script does); returns (exit code, stdout + stderr)."""
+    from mslesion.cli import main
+
+    monkeypatch.setattr(sys, "argv", ["mslesion", *map(str, args)])
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    captured = capsys.readouterr()
+    code = exit_info.value.code
+    return (0 if code is None else int(code)), captured.out + captured.err
+
+
+def cfg(tmp_path: Path, **kw) -> ExtractConfig:
+    return ExtractConfig(out=str(tmp_path / "out" / "patches.h5"), **kw)
+
+
+def test_lesions_centres_labels_and_patches(tmp_path):
+    subject = write_subject(tmp_path / "s")
+    result = extract_subject(subject, cfg(tmp_path, patch_size=15), ("flair", "qsm", "mask"))
+    assert len(result) == len(LESIONS)
+    world = {(r["x_mm"], r["y_mm"], r["z_mm"]): r for r in result.records}
+    for centre, radius, code in LESIONS:
+        expected = tuple(float(v) for v in (LPI_AFFINE @ [*centre, 1])[:3])
+        record = world[expected]  # centre of mass of a ball = its centre, in world mm
+        assert (record["centre_i"], record["centre_j"], record["centre_k"]) == centre  # stored voxel indices
+        assert record["label"] == code
+        assert record["voxels"] == int(ball((32, 32, 32), centre, radius).sum())
+    mask_channel = result.patches[:, 2]
+    assert np.all(mask_channel[:, 7, 7, 7] == 1)  # every patch is centred on its lesion
+    assert set(np.unique(mask_channel)) == {0.0, 1.0}
+    # FLAIR divided by normal tissue (~100): tissue ≈ 1, lesion ≈ 1.8; QSM stays in ppm.
+    assert result.patches[:, 0, 7, 7, 7] == pytest.approx(1.8, abs=0.05)
+    assert abs(np.median(result.patches[:, 0][mask_channel == 0]) - 1.0) < 0.05
+    assert np.abs(result.patches[:, 1]).max() < 0.1
+
+
+def test_reorientation_gives_the_same_patches(tmp_path):
+    """The same anatomy stored RAS and LPI gives identical patches and world coordinates."""
+    lpi = extract_subject(write_subject(tmp_path / "lpi"), cfg(tmp_path, patch_size=15), ("flair", "mask"))
+    flip = np.diag([-1.0, -1, -1, 1])
+    ras_lesions = tuple((tuple(31 - c for c in centre), r, code) for centre, r, code in LESIONS)
+    ras_affine = LPI_AFFINE @ np.array([[1.0, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]]) @ flip
+    ras_affine[:3, 3] = (LPI_AFFINE @ [31, 31, 31, 1])[:3]
+    ras = extract_subject(write_subject(tmp_path / "ras", affine=ras_affine, lesions=ras_lesions),
+                          cfg(tmp_path, patch_size=15), ("flair", "mask"))
+    key = lambda r: (r["x_mm"], r["y_mm"], r["z_mm"])  # noqa: E731
+    assert sorted(map(key, lpi.records)) == sorted(map(key, ras.records))
+    order_lpi = np.argsort([key(r) for r in lpi.records], axis=0)[:, 0]
+    order_ras = np.argsort([key(r) for r in ras.records], axis=0)[:, 0]
+    np.testing.assert_allclose(lpi.patches[order_lpi, 1], ras.patches[order_ras, 1])
+
+
+@pytest.mark.parametrize(("connectivity", "expected"), [(6, 2), (26, 1)])
+def test_connectivity(connectivity, expected):
+    mask = np.zeros((8, 8, 8), np.float32)
+    mask[1:3, 1:3, 1:3] = 1
+    mask[3:5, 3:5, 1:3] = 1  # touches the first cube along an edge only
+    labelled = lesion_components(mask, ExtractConfig(connectivity=connectivity), Path("m.nii.gz"))
+    assert len(np.unique(labelled)) - 1 == expected
+
+
+def test_min_volume_drops_small_lesions(tmp_path):
+    subject = write_subject(tmp_path / "s", lesions=(((10, 10, 10), 2, 3), ((22, 22, 22), 0.5, 3)))  # 33 vs 1 voxel
+    assert len(extract_subject(subject, cfg(tmp_path, patch_size=15), ("mask",))) == 1
+    assert len(extract_subject(subject, cfg(tmp_path, patch_size=15, min_volume_mm3=0), ("mask",))) == 2
+
+
+def test_centre_outside_a_curved_lesion_moves_onto_it(tmp_path):
+    shape = (24, 24, 24)
+    ring = ball(shape, (12, 12, 12), 6) & ~ball(shape, (12, 12, 12), 4)
+    ring[:, :, :11] = False
+    ring[:, :, 14:] = False  # a thick ring: its centre of mass is in the hole
+    path = tmp_path / "ring_mask.nii.gz"
+    nib.save(nib.Nifti1Image(ring.astype(np.uint8), np.eye(4)), path)
+    result = extract_subject(Subject("ring", path), cfg(tmp_path, patch_size=9), ("mask",))
+    assert len(result) == 1
+    assert result.patches[0, 0, 4, 4, 4] == 1
+    centre = np.array([result.records[0][k] for k in ("centre_i", "centre_j", "centre_k")])
+    assert ring[tuple(centre)]
+    assert np.linalg.norm(centre - 12) == pytest.approx(4.0, abs=1.01)  # the nearest lesion voxels: inner radius
+
+
+def test_crop_pads_at_the_volume_edge():
+    volume = np.arange(5**3, dtype=np.float32).reshape(5, 5, 5) + 1
+    patch = crop_patch(volume, np.array([0, 2, 4]), 5)
+    assert patch[2, 2, 2] == volume[0, 2, 4]
+    assert np.all(patch[:2] == 0) and np.all(patch[:, :, 3:] == 0)
+    np.testing.assert_array_equal(patch[2:, :, :3], volume[:3, :, 2:])
+
+
+def test_instance_map_keeps_touching_lesions_apart(tmp_path):
+    data = np.zeros((20, 20, 20), np.int16)
+    data[5:10, 5:10, 5:10] = 4
+    data[10:15, 5:10, 5:10] = 9  # touching lesion with another id
+    path = tmp_path / "inst_mask.nii.gz"
+    nib.save(nib.Nifti1Image(data, np.eye(4)), path)
+    result = extract_subject(Subject("s", path), cfg(tmp_path, patch_size=9, instances=True), ("mask",))
+    assert result.lesion_ids.tolist() == [4, 9]
+    assert [r["voxels"] for r in result.records] == [125, 125]
+    with pytest.raises(InputError, match="--instances") as info:
+        extract_subject(Subject("s", path), cfg(tmp_path, patch_size=9), ("mask",))
+    assert info.value.path == str(path)
+
+
+def test_labels_from_a_csv(tmp_path):
+    subject = write_subject(tmp_path / "s")
+    first = extract_subject(subject, cfg(tmp_path, patch_size=15), ("mask",))
+    ids = first.lesion_ids.tolist()
+    labels_csv = tmp_path / "labels.csv"
+    labels_csv.write_text(f"lesion,label\n{ids[0]},2\n{ids[2]},5\n")
+    with_csv = Subject(subject.id, subject.mask, subject.flair, subject.qsm, labels_csv)
+    result = extract_subject(with_csv, cfg(tmp_path, patch_size=15), ("mask",))
+    assert result.labels.tolist() == [2, 0, 5]
+    labels_csv.write_text("lesion,label\n999,2\n")
+    with pytest.raises(InputError, match="999"):
+        extract_subject(with_csv, cfg(tmp_path, patch_size=15), ("mask",))
+
+
+def test_qsm_in_ppb_is_converted_and_nan_counted(tmp_path):
+    subject = write_subject(tmp_path / "s", qsm_scale=1000.0)
+    img = nib.load(subject.qsm)
+    data = np.asarray(img.dataobj, np.float32)
+    data[0, 0, :3] = np.nan
+    nib.save(nib.Nifti1Image(data, img.affine), subject.qsm)
+    result = extract_subject(subject, cfg(tmp_path, patch_size=15), ("qsm", "mask"))
+    assert np.abs(result.patches[:, 0]).max() < 0.1  # back in ppm
+    assert np.isfinite(result.patches).all()
+    assert any("ppb" in n for n in result.notes)
+    assert any("3 NaN/infinite" in n for n in result.notes)
+
+
+def test_run_extract_writes_patches_csv_and_record(tmp_path):
+    subjects = [write_subject(tmp_path / "a", "sub-a"), write_subject(tmp_path / "b", "sub-b", seed=1)]
+    config = cfg(tmp_path, patch_size=15)
+    run_extract(subjects, config, show_progress=False)
+    patches = read_patches(config.out)
+    assert patches.channels == ("flair", "qsm", "mask")
+    assert len(patches) == 6 and sorted(set(patches.patients)) == ["sub-a", "sub-b"]
+    assert sorted(patches.labels.tolist()) == [3, 3, 5, 5, 6, 6]
+    assert "flair" in json.loads(patches.attrs["normalisation"])
+    csv_path, json_path = sidecar_paths(Path(config.out))
+    rows = list(csv.DictReader(csv_path.open()))
+    assert len(rows) == 6 and rows[0]["subject"] == "sub-a"
+    assert json.loads(json_path.read_text())["subjects"]["sub-b"]["lesions"] == 3
+
+
+def test_cli_bids_folder_and_manifest(tmp_path, monkeypatch, capsys):
+    bids = tmp_path / "bids"
+    write_subject(bids / "sub-01" / "anat", "sub-01")
+    write_subject(bids / "derivatives" / "qsm" / "sub-02" / "anat", "sub-02", seed=2)
+    code, text = run_cli(["extract", bids, "--out", tmp_path / "p.h5", "--patch-size", "15", "--quiet"],
+                         monkeypatch, capsys)
+    assert code == 0, text
+    assert sorted(set(read_patches(tmp_path / "p.h5").patients)) == ["sub-01", "sub-02"]
+    s = write_subject(tmp_path / "m", "x")
+    manifest = tmp_path / "manifest.csv"
+    manifest.write_text(f"subject,flair,qsm,mask,phenotype\nP1,m/{s.flair.name},,m/{s.mask.name},\n")
+    code, text = run_cli(["extract", manifest, "--out", tmp_path / "m.h5", "--patch-size", "15", "--quiet"],
+                         monkeypatch, capsys)
+    assert code == 0, text
+    patches = read_patches(tmp_path / "m.h5")
+    assert patches.channels == ("flair", "mask") and set(patches.patients) == {"P1"}
+    assert patches.labels.tolist() == [0, 0, 0]  # no phenotype given: unknown
+
+
+def test_cli_subject_without_lesions_is_not_an_error(tmp_path, monkeypatch, capsys):
+    subject = write_subject(tmp_path / "s", lesions=())
+    code, text = run_cli(["extract", "--mask", subject.mask, "--flair", subject.flair, "--out", tmp_path / "e.h5",
+                          "--patch-size", "15", "--quiet"], monkeypatch, capsys)
+    assert code == 0, text
+    assert "no lesions" in text
+    assert not (tmp_path / "e.h5").exists()  # nothing to train on; the empty table says so
+    assert (tmp_path / "e_lesions.csv").read_text().count("\n") == 1  # header only
+
+
+def _bad_inputs(tmp_path: Path) -> dict[str, tuple[list, str, str]]:
+    """name → (extra CLI args, file the message must name, words it must contain)."""
+    s = write_subject(tmp_path / "s", "sub-1")
+    not_nifti = tmp_path / "notes_FLAIR.nii.gz"
+    not_nifti.write_text("not an image")
+    four_d = tmp_path / "four_d.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros((32, 32, 32, 2), np.float32), LPI_AFFINE), four_d)
+    shifted = tmp_path / "shifted.nii.gz"
+    moved = LPI_AFFINE.copy()
+    moved[0, 3] += 2
+    nib.save(nib.Nifti1Image(np.ones((32, 32, 32), np.float32), moved), shifted)
+    labels = tmp_path / "labels_mask.nii.gz"
+    nib.save(nib.Nifti1Image((np.asarray(nib.load(s.mask).dataobj) * 2).astype(np.uint8), LPI_AFFINE), labels)
+    return {
+        "missing": (["--mask", s.mask, "--flair", tmp_path / "nope.nii.gz"], "nope.nii.gz", "not found"),
+        "not nifti": (["--mask", s.mask, "--flair", not_nifti], not_nifti.name, "NIfTI"),
+        "4D": (["--mask", s.mask, "--flair", four_d], four_d.name, "3D"),
+        "mismatch": (["--mask", s.mask, "--flair", shifted], s.mask.name, "affine"),
+        "not binary": (["--mask", labels], labels.name, "0 and 1"),
+        "patch too large": (["--mask", s.mask, "--patch-size", "40"], s.mask.name, "larger than the volume"),
+    }
+
+
+@pytest.mark.parametrize("case", ["missing", "not nifti", "4D", "mismatch", "not binary", "patch too large"])
+def test_cli_bad_input_is_one_line_exit_2_and_no_output(case, tmp_path, monkeypatch, capsys):
+    args, named, words = _bad_inputs(tmp_path)[case]
+    out = tmp_path / "out" / "patches.h5"
+    code, text = run_cli(["extract", *args, "--out", out, "--quiet"], monkeypatch, capsys)
+    assert code == 2
+    lines = [line for line in text.splitlines() if line.strip()]
+    assert len(lines) == 1 and named in lines[0] and words in lines[0], text
+    assert not out.parent.exists() or not any(out.parent.iterdir())
+
+
+def test_resample_onto_the_reference_grid(tmp_path, monkeypatch, capsys):
+    s = write_subject(tmp_path / "s", "sub-1")
+    img = nib.load(s.flair)
+    coarse = tmp_path / "coarse_FLAIR.nii.gz"
+    nib.save(nib.Nifti1Image(np.asarray(img.dataobj)[::2, ::2, ::2], img.affine @ np.diag([2.0, 2, 2, 1])), coarse)
+    code, text = run_cli(["extract", "--mask", s.mask, "--flair", coarse, "--out", tmp_path / "r.h5",
+                          "--patch-size", "15", "--quiet"], monkeypatch, capsys)
+    assert code == 2 and "--resample" in text
+    code, text = run_cli(["extract", "--mask", s.mask, "--flair", coarse, "--out", tmp_path / "r.h5",
+                          "--patch-size", "15", "--resample", "--quiet"], monkeypatch, capsys)
+    assert code == 0, text
+    patches = read_patches(tmp_path / "r.h5")
+    assert len(patches) == 3  # the lesions are found on the mask's (reference) grid
+    assert patches.images[:, 0, 7, 7, 7].min() > 1.3  # the FLAIR hyperintensity survives resampling
