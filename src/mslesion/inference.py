@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from mslesion.transforms import N_SYMMETRIES, apply_symmetry
+from mslesion.fast_layers import keep_freed_memory
+from mslesion.transforms import N_SYMMETRIES, gather_augmented
 
 
 def autocast_dtype(device: torch.device, precision: str) -> torch.dtype | None:
@@ -30,17 +31,27 @@ def predict_logits(
     device: str | torch.device = "cpu", symmetry: int = 0, precision: str = "fp32",
 ) -> torch.Tensor:
     """Logits [N, n_classes] (fp32, on CPU) for images [N, C, D, H, W], optionally in cube symmetry k."""
+    images = torch.as_tensor(images)
+    ks = torch.full((len(images),), symmetry, dtype=torch.long)
+    return _logits_of_pairs(model, images, torch.arange(len(images)), ks, batch_size, device, precision)
+
+
+@torch.no_grad()
+def _logits_of_pairs(model, images, idx, ks, batch_size, device, precision) -> torch.Tensor:
+    """Logits of images[idx[i]] in symmetry ks[i], batched; the model runs in its fast layout."""
     device = torch.device(device)
     model.eval().to(device)
-    images = torch.as_tensor(images)
+    if hasattr(model, "channels_last"):
+        model.channels_last()  # oneDNN/cuDNN's fast 3D conv layout; values are unchanged
+    if device.type == "cpu":
+        keep_freed_memory()
     dtype = autocast_dtype(device, precision)
     out = []
-    for start in range(0, len(images), batch_size):
-        batch = images[start:start + batch_size].to(device, non_blocking=True)
-        if symmetry:
-            batch = apply_symmetry(batch, symmetry).contiguous()
+    for start in range(0, len(idx), batch_size):
+        i, k = idx[start:start + batch_size], ks[start:start + batch_size]
+        batch = images[i] if bool((k == 0).all()) else gather_augmented(images, i, k)
         with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-            out.append(model(batch).float().cpu())
+            out.append(model(batch.to(device, non_blocking=True)).float().cpu())
     n_classes = getattr(model, "n_classes", 2)
     return torch.cat(out) if out else torch.empty(0, n_classes)
 
@@ -50,11 +61,14 @@ def predict_probabilities(
     device: str | torch.device = "cpu", tta: bool = False, temperature: float = 1.0, precision: str = "fp32",
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Class probabilities [N, K]; with tta, the mean over the 48 cube symmetries and their spread (std)."""
+    images = torch.as_tensor(images)
     if not tta:
         logits = predict_logits(model, images, batch_size, device, 0, precision)
         return torch.softmax(logits / temperature, dim=1).numpy(), None
-    per_symmetry = torch.stack([
-        torch.softmax(predict_logits(model, images, batch_size, device, k, precision) / temperature, dim=1)
-        for k in range(N_SYMMETRIES)
-    ])
+    # all 48·N (symmetry, lesion) pairs in full batches, not 48 passes of N: small subjects fill batches too
+    n = len(images)
+    ks = torch.arange(N_SYMMETRIES).repeat_interleave(n)
+    idx = torch.arange(n).repeat(N_SYMMETRIES)
+    logits = _logits_of_pairs(model, images, idx, ks, batch_size, device, precision)
+    per_symmetry = torch.softmax(logits / temperature, dim=1).view(N_SYMMETRIES, n, -1)
     return per_symmetry.mean(0).numpy(), per_symmetry.std(0).numpy()

@@ -1,7 +1,10 @@
 """Training: the paper's protocol, with checkpoint/resume and the batch-norm population pass.
 
 The augmented data set is never materialised: each epoch is a shuffled list of (patch, symmetry) pairs,
-and each batch applies its symmetries on the fly (see transforms.apply_symmetries).
+and each batch gathers its patches in their symmetries on the fly (transforms.gather_augmented), on the
+device that holds the data (the GPU with --device cuda). Speed (docs/speed.md): the net runs in channels-last
+3D layout with fused batch-norm/ReLU/max-pool blocks and bf16 autocast where the hardware supports it; under
+torchrun the epoch plan is sharded across ranks (mslesion.distributed).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from mslesion import distributed
 from mslesion.atomic import write_json
 from mslesion.calibration import fit_temperature
 from mslesion.config import TrainConfig, to_dict
@@ -28,6 +32,7 @@ from mslesion.data.splits import (
     predefined_split,
 )
 from mslesion.errors import InputError
+from mslesion.fast_layers import keep_freed_memory
 from mslesion.inference import autocast_dtype, predict_logits
 from mslesion.metrics import roc_auc
 from mslesion.model import LesionNet, set_population_batchnorm
@@ -43,7 +48,7 @@ from mslesion.runs import (
     model_metadata,
     save_torch,
 )
-from mslesion.transforms import N_SYMMETRIES, apply_symmetries, apply_symmetry
+from mslesion.transforms import N_SYMMETRIES, apply_symmetry, gather_augmented
 
 log = logging.getLogger("mslesion.train")
 
@@ -124,28 +129,46 @@ def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Ada
     )
 
 
-def train_epoch(model, optimizer, images, targets, plan, cfg, device, dtype, bar=None) -> dict[str, float]:
+def train_epoch(model, optimizer, images, targets, plan, cfg, device, dtype, bar=None,
+                ctx: distributed.DistContext | None = None) -> dict[str, float]:
+    """One pass over the epoch plan. Under DDP each rank trains on its slice of every global batch."""
+    ctx = ctx or distributed.DistContext()
     model.train()
-    items, ks = plan
-    loss_sum, correct, seen = 0.0, 0, 0
-    for start in range(0, len(items), cfg.batch_size):
-        idx, k = items[start:start + cfg.batch_size], ks[start:start + cfg.batch_size]
-        if len(idx) < 2:  # batch norm cannot train on a single sample
+    items, ks = (t.to(images.device) for t in plan)  # once per epoch, not one host→device copy per step
+    totals = torch.zeros(2, dtype=torch.float64, device=device)  # loss sum, correct: no per-step sync
+    seen = 0
+    sync_every = 1 if device.type == "cpu" else 16  # a GPU must not wait for the host to print a number
+    for step, start in enumerate(range(0, len(items), cfg.batch_size)):
+        global_n = len(items[start:start + cfg.batch_size])
+        if global_n < 2 * ctx.world_size:  # batch norm cannot train on a single sample (per rank)
             continue
-        x = apply_symmetries(images[idx.to(images.device)], k.to(images.device)).to(device, non_blocking=True)
-        y = targets[idx.to(targets.device)].to(device, non_blocking=True)
+        idx = distributed.shard(items[start:start + cfg.batch_size], ctx)
+        k = distributed.shard(ks[start:start + cfg.batch_size], ctx)
+        x = gather_augmented(images, idx, k).to(device, non_blocking=True)
+        y = targets[idx].to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
             logits = model(x)
+        if ctx.enabled:  # DDP averages gradients over ranks: scale so that this is the global batch mean
+            loss = F.cross_entropy(logits.float(), y, reduction="sum") * distributed.loss_scale(len(idx), global_n, ctx)
+            batch_loss = loss.detach() * global_n / ctx.world_size  # this rank's summed loss
+        else:
             loss = F.cross_entropy(logits.float(), y)
+            batch_loss = loss.detach() * len(idx)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        loss_sum += float(loss.detach()) * len(idx)
-        correct += int((logits.argmax(1) == y).sum())
+        totals += torch.stack([batch_loss.double(), (logits.detach().argmax(1) == y).sum().double()])
         seen += len(idx)
         if bar is not None:
-            bar.advance(len(idx), loss=loss_sum / seen, acc=correct / seen)
-    return {"loss": loss_sum / max(seen, 1), "accuracy": correct / max(seen, 1), "samples": seen}
+            seen_here = global_n if ctx.enabled else len(idx)
+            if step % sync_every == 0:
+                loss_sum, correct = totals.tolist()
+                bar.advance(seen_here, loss=loss_sum / seen, acc=correct / seen)
+            else:
+                bar.advance(seen_here)
+    totals = torch.cat([totals, torch.tensor([float(seen)], dtype=torch.float64, device=device)])
+    loss_sum, correct, seen = distributed.all_sum(totals, ctx).tolist()
+    return {"loss": loss_sum / max(seen, 1), "accuracy": correct / max(seen, 1), "samples": int(seen)}
 
 
 def population_batches(images: torch.Tensor, items: np.ndarray, batch_size: int, seed: int):
@@ -156,7 +179,7 @@ def population_batches(images: torch.Tensor, items: np.ndarray, batch_size: int,
     for start in range(0, len(order), batch_size):
         idx = order[start:start + batch_size]
         if len(idx) >= 2:
-            yield apply_symmetries(images[idx.to(images.device)], ks[start:start + batch_size].to(images.device))
+            yield gather_augmented(images, idx.to(images.device), ks[start:start + batch_size].to(images.device))
 
 
 @torch.no_grad()
@@ -213,13 +236,27 @@ def train(cfg: TrainConfig, resume: bool = False, show_progress: bool = True, ta
     checkpoint = _load_resume_checkpoint(run_dir, cfg) if resume else None
     if not resume and (run_dir / MODEL).exists():
         raise InputError("run folder already holds a finished model; use another --out or --resume", run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    handler = setup_logging(run_dir)
+    tune_runtime(device)
+    ctx, device = distributed.setup(device)
+    handler = None
     try:
-        return _train(cfg, task, run_dir, device, checkpoint, show_progress)
+        if ctx.is_main:  # only rank 0 writes the run folder
+            run_dir.mkdir(parents=True, exist_ok=True)
+            handler = setup_logging(run_dir)
+        return _train(cfg, task, run_dir, device, checkpoint, show_progress and ctx.is_main, ctx)
     finally:
-        log.removeHandler(handler)
-        handler.close()
+        if handler is not None:
+            log.removeHandler(handler)
+            handler.close()
+        distributed.teardown(ctx)
+
+
+def tune_runtime(device: torch.device) -> None:
+    """Process-wide settings the speed benchmarks justify (docs/speed.md)."""
+    if device.type == "cpu":
+        keep_freed_memory()  # large activations: reuse freed heap memory instead of fresh zero-filled pages
+    else:
+        torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick its fastest 3D conv kernels
 
 
 def _load_resume_checkpoint(run_dir: Path, cfg: TrainConfig) -> dict | None:
@@ -235,10 +272,11 @@ def _load_resume_checkpoint(run_dir: Path, cfg: TrainConfig) -> dict | None:
     return checkpoint
 
 
-def _train(cfg, task, run_dir, device, checkpoint, show_progress) -> Path:
+def _train(cfg, task, run_dir, device, checkpoint, show_progress, ctx: distributed.DistContext) -> Path:
     split = resolve_split(task, cfg)
-    write_json(run_dir / CONFIG, to_dict(cfg))
-    write_json(run_dir / SPLIT, split_record(task, split))
+    if ctx.is_main:
+        write_json(run_dir / CONFIG, to_dict(cfg))
+        write_json(run_dir / SPLIT, split_record(task, split))
     images = torch.from_numpy(task.images)
     targets = torch.from_numpy(task.targets)
     if device.type == "cuda":  # the whole data set and its augmentation live on the GPU
@@ -246,7 +284,7 @@ def _train(cfg, task, run_dir, device, checkpoint, show_progress) -> Path:
     items = oversampled(split["train"], task.targets, cfg.oversample)
     model = build_model(cfg, task)
     model.mean_image.copy_(mean_training_image(images.cpu(), items, cfg.augment))
-    model.to(device)
+    model.to(device).channels_last()
     optimizer = build_optimizer(model, cfg)
     history: list[dict] = []
     first_epoch, best = 1, None
@@ -256,6 +294,7 @@ def _train(cfg, task, run_dir, device, checkpoint, show_progress) -> Path:
         history, first_epoch = checkpoint["history"], checkpoint["epoch"] + 1
         best = checkpoint.get("best")
         log.info("resuming after epoch %d", checkpoint["epoch"])
+    net = distributed.wrap(model, ctx, device)
     val_targets = torch.as_tensor(task.targets[split["val"]]) if "val" in split else None
     dtype = autocast_dtype(device, cfg.precision)
     per_epoch = len(items) * (N_SYMMETRIES if cfg.augment == "full" else 1)
@@ -267,11 +306,13 @@ def _train(cfg, task, run_dir, device, checkpoint, show_progress) -> Path:
                 group["lr"] = lr_at(epoch, cfg)
             started = time.perf_counter()
             bar = bars.task(f"epoch {epoch}/{cfg.epochs}", total=per_epoch)
-            stats = train_epoch(model, optimizer, images, targets, epoch_plan(items, cfg.augment, epoch, cfg.seed),
-                                cfg, device, dtype, bar)
+            stats = train_epoch(net, optimizer, images, targets, epoch_plan(items, cfg.augment, epoch, cfg.seed),
+                                cfg, device, dtype, bar, ctx)
             seconds = time.perf_counter() - started
             record = {"epoch": epoch, "lr": lr_at(epoch, cfg), **stats, "seconds": seconds,
                       "samples_per_s": stats["samples"] / seconds}
+            if not ctx.is_main:  # the other ranks only train; rank 0 validates and writes
+                continue
             if val_targets is not None:
                 record.update(validation_stats(
                     validation_logits(model, images, targets, items, split["val"], cfg, device), val_targets))
@@ -283,6 +324,13 @@ def _train(cfg, task, run_dir, device, checkpoint, show_progress) -> Path:
                         "state_dict": model.state_dict(), "optimizer": optimizer.state_dict(), "best": best},
                        run_dir / CHECKPOINT)
             write_json(run_dir / HISTORY, history)
+    if ctx.is_main:
+        _finish(cfg, task, split, model, images, targets, items, best, val_targets, run_dir, device)
+    return run_dir
+
+
+def _finish(cfg, task, split, model, images, targets, items, best, val_targets, run_dir, device) -> None:
+    """Best-epoch selection, the batch-norm population pass, temperature scaling and the model file."""
     if best is not None:
         log.info("selected epoch %d by %s", best["record"]["epoch"], cfg.select)
         model.load_state_dict(best["state_dict"])
@@ -296,4 +344,3 @@ def _train(cfg, task, run_dir, device, checkpoint, show_progress) -> Path:
                 "selected_epoch": best["record"]["epoch"] if best else cfg.epochs,
                 "state_dict": {k: v.cpu() for k, v in model.state_dict().items()}}, run_dir / MODEL)
     log.info("finished; model saved to %s", run_dir / MODEL)
-    return run_dir

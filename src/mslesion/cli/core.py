@@ -74,6 +74,10 @@ def train(
         device=device, precision=precision, threads=threads,
     )
     run_dir = run_training(cfg, resume=resume, show_progress=not quiet)
+    from mslesion.distributed import is_main_process
+
+    if not is_main_process():  # under torchrun only rank 0 evaluates and writes
+        return
     metrics = _evaluate(run_dir, None, device)
     console.print(metrics_table(metrics, f"{run_dir}: test metrics"))
 

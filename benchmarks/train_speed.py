@@ -1,0 +1,208 @@
+"""Training and inference speed: naive PyTorch vs mslesion's real path, side by side in one process.
+
+    python benchmarks/train_speed.py                     # batch 128, 3 alternating rounds, 2 threads
+    python benchmarks/train_speed.py --rounds 5 --json speed.json
+
+Naive reference: the same architecture as plain modules (BatchNorm3d → ReLU → MaxPool3d), fp32, eager,
+contiguous layout, glibc's default allocator behaviour, one pre-built batch already in memory.
+Ours: mslesion.train.train_epoch on a one-batch epoch plan — the augmentation gather from the data set in
+memory, the fused channels-last net, autocast as `--precision auto` picks it, loss, backward, Adam step.
+The two alternate (ABAB...) so that load from other processes hits both; the ratio of medians is reported.
+Accuracy: both paths train the same short protocol on the same synthetic data and are evaluated on the same
+test split, so that speed is never bought with a worse model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from mslesion import fast_layers
+from mslesion import train as train_module
+from mslesion.config import EvaluateConfig, TrainConfig
+from mslesion.evaluate import evaluate
+from mslesion.inference import autocast_dtype, predict_logits, predict_probabilities
+from mslesion.model import LesionNet
+
+
+def allocator(fast: bool) -> None:
+    """Ours runs with freed memory kept in the heap; the naive reference with glibc's defaults."""
+    if fast:
+        fast_layers.keep_freed_memory()
+    else:
+        fast_layers.restore_default_memory()
+
+
+def naive_train_step(batch_size: int):
+    torch.manual_seed(0)
+    model = LesionNet(3, 2, 35, fused=False)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    x, y = torch.randn(batch_size, 3, 35, 35, 35) * 0.02, torch.randint(0, 2, (batch_size,))
+
+    def step() -> None:
+        loss = F.cross_entropy(model(x), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    return step
+
+
+def our_train_step(batch_size: int, precision: str):
+    cfg = TrainConfig(batch_size=batch_size, precision=precision)
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randn(256, 3, 35, 35, 35, generator=generator) * 0.02  # the data set, in memory
+    targets = torch.randint(0, 2, (256,), generator=generator)
+    torch.manual_seed(0)
+    model = LesionNet(3, 2, 35).channels_last()
+    optimizer = train_module.build_optimizer(model, cfg)
+    dtype = autocast_dtype(torch.device("cpu"), precision)
+    epoch = [0]
+
+    def step() -> None:
+        epoch[0] += 1  # a fresh shuffled (patch, symmetry) plan each time, cut to one batch
+        items, ks = train_module.epoch_plan(np.arange(256), "full", epoch[0], seed=0)
+        plan = (items[:batch_size], ks[:batch_size])
+        train_module.train_epoch(model, optimizer, images, targets, plan, cfg, torch.device("cpu"), dtype)
+
+    return step
+
+
+def naive_inference(batch_size: int):
+    torch.manual_seed(0)
+    model = LesionNet(3, 2, 35, fused=False).eval()
+    x = torch.randn(batch_size, 3, 35, 35, 35) * 0.02
+
+    def run() -> None:
+        with torch.no_grad():
+            model(x)
+
+    return run
+
+
+def our_inference(batch_size: int, precision: str):
+    torch.manual_seed(0)
+    model = LesionNet(3, 2, 35).eval()
+    x = torch.randn(batch_size, 3, 35, 35, 35) * 0.02
+    return lambda: predict_logits(model, x, batch_size, "cpu", precision=precision)
+
+
+def alternate(contenders: dict[str, tuple], rounds: int) -> dict[str, list[float]]:
+    """Seconds per call of each contender, interleaved A B C A B C ... after one warm-up call each."""
+    times: dict[str, list[float]] = {name: [] for name in contenders}
+    for r in range(rounds + 1):
+        for name, (fn, fast) in contenders.items():
+            allocator(fast)
+            started = time.perf_counter()
+            fn()
+            if r:
+                times[name].append(time.perf_counter() - started)
+            print(f"  round {r} {name}: {time.perf_counter() - started:.2f} s", file=sys.stderr, flush=True)
+    allocator(False)
+    return times
+
+
+def throughput(times: dict[str, list[float]], samples: int) -> dict[str, float]:
+    return {name: samples / statistics.median(ts) for name, ts in times.items()}
+
+
+def tta_subject(precision: str) -> float:
+    """Seconds for one subject: 50 lesions × 48 symmetries = 2,400 patch evaluations."""
+    torch.manual_seed(0)
+    model = LesionNet(3, 2, 35).eval()
+    lesions = torch.randn(50, 3, 35, 35, 35) * 0.02
+    predict_probabilities(model, lesions[:2], 128, "cpu", tta=True, precision=precision)  # warm-up
+    started = time.perf_counter()
+    predict_probabilities(model, lesions, 128, "cpu", tta=True, precision=precision)
+    return time.perf_counter() - started
+
+
+def accuracy_data(path: Path) -> str:
+    """A small synthetic cohort (physically simulated QSM/FLAIR, labelled classes only) in 23³ patches,
+    so that both paths can train a few epochs in minutes on a shared 2-core machine."""
+    from mslesion.data.synth import SynthConfig, write_cohort
+
+    write_cohort(SynthConfig(patients=40, lesions_scale=0.5, labelled_only=True, patch_size=23, seed=0), path)
+    return str(path)
+
+
+def accuracy(epochs: int, folder: Path, seed: int) -> dict[str, dict[str, float]]:
+    """Train the same short protocol with the naive path and with ours; test metrics of both."""
+    data = accuracy_data(folder / "cohort.h5")
+    results = {}
+    original_build = train_module.build_model
+    for name, precision, fused in (("naive fp32", "fp32", False), ("ours", "auto", True)):
+        def build(cfg, task, fused=fused):
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(cfg.seed)
+                return LesionNet(len(task.channels), len(task.class_map.names), task.images.shape[-1], fused=fused)
+
+        train_module.build_model = build
+        allocator(fused)
+        cfg = TrainConfig(data=data, out=str(folder / name.replace(" ", "_")), channels=("qsm",), augment="random",
+                          epochs=epochs, lr_milestones=(epochs // 2, epochs - 1), batch_size=32,
+                          precision=precision, seed=seed)
+        started = time.perf_counter()
+        run = train_module.train(cfg, show_progress=False)
+        seconds = time.perf_counter() - started
+        metrics = evaluate(EvaluateConfig(run=str(run)))
+        results[name] = {"test_accuracy": metrics["accuracy"], "test_roc_auc": metrics["roc_auc"],
+                         "train_seconds": seconds}
+    train_module.build_model = original_build
+    allocator(False)
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--accuracy-epochs", type=int, default=6)
+    parser.add_argument("--seed", type=int, default=0, help="training seed of the accuracy comparison")
+    parser.add_argument("--parts", default="train,inference,tta,accuracy", help="comma-separated subset to run")
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    b = args.batch_size
+    precision = "auto"
+    print(f"torch {torch.__version__}, {args.threads} threads, batch {b}, autocast on CPU: "
+          f"{autocast_dtype(torch.device('cpu'), precision) or 'none (fp32)'}", flush=True)
+    results: dict = {"batch_size": b, "threads": args.threads, "rounds": args.rounds}
+
+    parts = set(args.parts.split(","))
+    if "train" in parts:
+        print("training step (samples/s, median of rounds)...", flush=True)
+        train_times = alternate({"naive fp32": (naive_train_step(b), False),
+                                 "ours": (our_train_step(b, precision), True)}, args.rounds)
+        results["train"] = throughput(train_times, b)
+        results["train"]["ratio"] = results["train"]["ours"] / results["train"]["naive fp32"]
+    if "inference" in parts:
+        print("inference (samples/s)...", flush=True)
+        infer_times = alternate({"naive fp32": (naive_inference(b), False),
+                                 "ours fp32": (our_inference(b, "fp32"), True),
+                                 "ours auto": (our_inference(b, precision), True)}, args.rounds)
+        results["inference"] = throughput(infer_times, b)
+        for name in ("ours fp32", "ours auto"):
+            results["inference"][f"ratio {name}"] = results["inference"][name] / results["inference"]["naive fp32"]
+    if "tta" in parts:
+        results["tta_subject_seconds"] = {p: tta_subject(p) for p in ("fp32", precision)}
+    if "accuracy" in parts:
+        with tempfile.TemporaryDirectory() as folder:
+            results["accuracy"] = accuracy(args.accuracy_epochs, Path(folder), args.seed)
+    print(json.dumps(results, indent=2))
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,186 @@
+"""Fused batch-norm → ReLU → 2/2 max-pool for the paper's conv blocks, and the CPU allocator setting.
+
+Why: in a naive training step of this net the convolutions are a minority of the time. The first block's
+conv output (64 maps of 33³ per sample) is read and written a dozen times by batch norm, ReLU, max-pool and
+their backward passes, and max-pool's backward zero-fills a full-size gradient before scattering into it.
+
+The fused block does the same mathematics with far fewer passes over that tensor:
+
+* ReLU commutes with max-pool, and per channel batch norm is y = a·x + b with a = γ/σ. So
+  maxpool(relu(bn(x))) = relu(a·maxpool(x) + b) where a > 0, and relu(a·minpool(x) + b) where a < 0.
+  The forward reads x twice (batch statistics, pooling), writes nothing full-size, and works on the 8×
+  smaller pooled tensor after.
+* The backward of batch norm with a sparse upstream gradient G (non-zero only at the pooled positions) is
+  dx = a·G − a·mean(G) − a·x̂·mean(G·x̂): a per-channel affine function of x plus a scatter of a·g.
+  It is written in one pass (aten's batch-norm kernel in inference form) plus one scatter; both means come
+  from the pooled tensor alone.
+
+Results equal the plain nn.BatchNorm3d → nn.ReLU → nn.MaxPool3d chain up to rounding (see
+tests/test_speed_paths.py); running statistics follow nn.BatchNorm3d's rules (momentum, or cumulative when
+momentum is None), so model files and set_population_batchnorm are unchanged.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import sys
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def _per_channel(v: torch.Tensor) -> torch.Tensor:
+    return v.view(1, -1, 1, 1, 1)
+
+
+def _storage_offsets(x: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+    """Offsets into x's dense storage (any layout) of max_pool3d's flat per-map spatial indices, in the
+    storage order of `indices` (one pass; see _flat)."""
+    b = torch.arange(indices.shape[0], device=x.device).view(-1, 1, 1, 1, 1) * x.stride(0)
+    c = torch.arange(indices.shape[1], device=x.device).view(1, -1, 1, 1, 1) * x.stride(1)
+    offsets = torch.empty_like(indices)
+    return _flat(torch.add(b + c, indices, alpha=x.stride(4), out=offsets))
+
+
+def _layout(x: torch.Tensor) -> torch.memory_format:
+    return torch.channels_last_3d if x.is_contiguous(memory_format=torch.channels_last_3d) and not x.is_contiguous() \
+        else torch.contiguous_format
+
+
+def _flat(x: torch.Tensor) -> torch.Tensor:
+    """The dense storage of x (contiguous or channels-last) as a 1-D view."""
+    return x.as_strided((x.numel(),), (1,))
+
+
+def _extreme_pool(x: torch.Tensor, negative: torch.Tensor, sync_free: bool | None = None
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """2/2 max-pool of x with flat spatial indices; min-pool instead on the channels flagged negative.
+
+    On the CPU the (rare, γ < 0) negative channels are found and pooled again on their own. On a GPU that
+    lookup would make the host wait for the device three times a step, so both pools run and a select
+    picks per channel: more bandwidth, no synchronisation.
+    """
+    sync_free = x.device.type != "cpu" if sync_free is None else sync_free
+    values, indices = F.max_pool3d(x, 2, 2, return_indices=True)
+    if sync_free:
+        low, low_indices = F.max_pool3d(-x, 2, 2, return_indices=True)
+        flip = _per_channel(negative)
+        return torch.where(flip, -low, values), torch.where(flip, low_indices, indices)
+    channels = negative.nonzero().squeeze(1)
+    if len(channels):
+        low, low_indices = F.max_pool3d(-x.index_select(1, channels), 2, 2, return_indices=True)
+        values, indices = values.clone(), indices.clone()
+        values[:, channels], indices[:, channels] = -low, low_indices
+    return values, indices
+
+
+class _BNReLUPool(torch.autograd.Function):
+    """relu(bn(x + conv_bias)) max-pooled 2/2 with batch statistics (training mode), x = the conv output
+    without its bias. Returns (out, mean of x + conv_bias, biased var) per channel."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, conv_bias: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
+                eps: float):
+        # aten's batch-norm statistics kernel: fp32 accumulation, one pass, fast in every layout and dtype
+        mean, var = torch.batch_norm_update_stats(x, None, None, 0.0)
+        mean, var = mean.float(), var.float()
+        invstd = torch.rsqrt(var + eps)
+        scale = weight.float() * invstd
+        # the pooled voxel of relu(a·x + b) is x's max where a > 0 and its min where a < 0
+        pooled, indices = _extreme_pool(x, scale < 0)
+        # the affine map of the pooled voxels by aten's batch-norm kernel: fp32 math, one pass, x's dtype
+        out = torch.batch_norm(pooled, weight, bias, mean, var, False, 0.0, eps, False).relu_()
+        ctx.save_for_backward(x, _storage_offsets(x, indices), pooled, out, mean, invstd, weight)
+        ctx.mark_non_differentiable(mean, var)
+        return out, mean + conv_bias.float(), var
+
+    @staticmethod
+    def backward(ctx, grad_out, _grad_mean, _grad_var):
+        x, offsets, pooled, out, mean, invstd, weight = ctx.saved_tensors
+        count = x.numel() // x.shape[1]
+        dims = (0, 2, 3, 4)
+        layout = _layout(pooled)
+        g = torch.where(out > 0, grad_out, 0).float().contiguous(memory_format=layout)  # ReLU's derivative
+        selected = torch.sub(pooled, _per_channel(mean))  # x − μ at the pooled positions, fp32
+        grad_bias = g.sum(dims)
+        grad_weight = (g * selected).sum(dims) * invstd
+        scale = weight.float() * invstd
+        # dx = a·G − a·Σg/N − a·x̂·Σ(g·x̂)/N = (x − μ)·c1 + c0 + scatter(a·g), with a = γ/σ. The dense part is
+        # aten's batch-norm kernel in inference form (var 1, eps 0): one fp32-exact pass in x's dtype; the
+        # pooled positions are then overwritten with their full value, rounded once.
+        c1 = -scale * invstd * grad_weight / count
+        c0 = -scale * grad_bias / count
+        grad_x = torch.batch_norm(x, c1, c0, mean, torch.ones_like(mean), False, 0.0, 0.0, False)
+        at_pooled = torch.addcmul(_per_channel(c0), selected, _per_channel(c1)).addcmul_(g, _per_channel(scale))
+        _flat(grad_x).index_put_((offsets,), _flat(at_pooled.to(x.dtype).contiguous(memory_format=layout)))
+        # A bias before training-mode batch norm cancels exactly: its true gradient is zero.
+        return grad_x, torch.zeros_like(weight), grad_weight.to(weight.dtype), grad_bias.to(weight.dtype), None
+
+
+def conv_bn_relu_pool(x: torch.Tensor, conv: nn.Conv3d, bn: nn.modules.batchnorm._BatchNorm) -> torch.Tensor:
+    """maxpool3d(relu(bn(conv(x))), 2, 2) the fused way; updates bn's running statistics as bn would.
+
+    In training mode the conv bias is left out of the convolution: batch norm subtracts the batch mean, so
+    the bias cancels exactly (its gradient is exactly zero, not rounding noise that Adam would amplify into
+    a random walk of the bias). It is added to the running mean, so evaluation mode is unchanged.
+    """
+    if bn.training:
+        y = conv._conv_forward(x, conv.weight, None)
+        out, mean, var = _BNReLUPool.apply(y, conv.bias, bn.weight, bn.bias, bn.eps)
+        _update_running_stats(bn, mean, var, y.numel() // y.shape[1])
+        return out
+    # inference: fold batch norm into the conv where its scale is positive (then max-pool and ReLU commute
+    # with it), so the full-size conv output is read once, by the pool
+    scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)
+    if x.device.type == "cpu" and bool((scale > 0).all()):  # (the check would stall a GPU)
+        shape = (-1,) + (1,) * (conv.weight.ndim - 1)
+        weight = conv.weight * scale.view(shape)
+        bias = (conv.bias - bn.running_mean) * scale + bn.bias
+        return F.relu(F.max_pool3d(conv._conv_forward(x, weight, bias), 2, 2))
+    return F.max_pool3d(F.relu(bn(conv(x))), 2, 2)
+
+
+@torch.no_grad()
+def _update_running_stats(bn: nn.modules.batchnorm._BatchNorm, mean: torch.Tensor, var: torch.Tensor,
+                          count: int) -> None:
+    """nn.BatchNorm's rule: exponential average (momentum) or cumulative average (momentum None)."""
+    if not bn.track_running_stats:
+        return
+    bn.num_batches_tracked.add_(1)
+    factor = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
+    unbiased = var * count / max(count - 1, 1)
+    bn.running_mean.mul_(1 - factor).add_(mean.to(bn.running_mean.dtype), alpha=factor)
+    bn.running_var.mul_(1 - factor).add_(unbiased.to(bn.running_var.dtype), alpha=factor)
+
+
+_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
+
+
+def keep_freed_memory() -> bool:
+    """Let glibc reuse freed memory for large tensors instead of returning it to the OS (Linux only).
+
+    By default every tensor above 32 MB is a fresh mmap whose pages the kernel zero-fills on first touch;
+    with this net's 33³×64-map activations that page-faulting costs as much as the arithmetic. The setting is
+    process-wide and only changes how memory is recycled (peak use is unchanged). Returns True if applied.
+    """
+    return _mallopt(mmap_max=0, trim_threshold=2**31 - 1)
+
+
+def restore_default_memory() -> bool:
+    """glibc's default behaviour again (mmap for large blocks, trimming freed memory); for benchmarks."""
+    return _mallopt(mmap_max=65536, trim_threshold=128 * 1024)
+
+
+def _mallopt(mmap_max: int, trim_threshold: int) -> bool:
+    if not sys.platform.startswith("linux"):
+        return False
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return False
+    try:
+        libc = ctypes.CDLL(name)
+        return bool(libc.mallopt(_M_MMAP_MAX, mmap_max)) and bool(libc.mallopt(_M_TRIM_THRESHOLD, trim_threshold))
+    except (OSError, AttributeError):  # not glibc (musl, ...): nothing to tune
+        return False
