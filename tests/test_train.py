@@ -125,3 +125,19 @@ def test_run_folder_is_self_describing(tmp_path: Path):
     assert len(indices) == len(set(indices)) == 110
     history = json.loads((run / "history.json").read_text())
     assert {"loss", "accuracy", "val_auc", "val_loss", "lr"} <= set(history[0])
+
+
+@pytest.mark.slow
+def test_zscore_learns_a_small_unit_channel_beside_a_loud_one(tmp_path: Path):
+    # QSM in ppm (signal ±0.01) beside FLAIR-like noise ~1000× larger: plain zero-centring lets Adam move the
+    # loud channel's weights as fast as the quiet one's: with input_norm="zerocenter" this set reaches only
+    # 79% after 3 epochs (measured), with "zscore" (the default) it passes.
+    patches = toy_patches(n_per_code={2: 40, 3: 30, 5: 30, 6: 10}, size=23)
+    patches.images[:, 1] *= 0.01
+    patches.images[:, 0] *= 30.0
+    write_patches(tmp_path / "units.h5", patches)
+    cfg = toy_config(tmp_path, "z", data=str(tmp_path / "units.h5"), epochs=3)
+    metrics = evaluate(EvaluateConfig(run=str(train(cfg, show_progress=False))))
+    assert metrics["accuracy"] >= 0.9
+    scale = torch.load(Path(cfg.out) / "model.pt", weights_only=True)["state_dict"]["input_scale"].flatten()
+    assert scale[1] > 50 * scale[0]  # the quiet channel is scaled up

@@ -56,6 +56,11 @@ class TrainConfig:
     fold: int = -1
     """With cv_folds > 1: which patient-grouped fold is the test set."""
     cv_folds: int = 0
+    input_norm: str = "zscore"
+    """zscore: subtract the mean training image and divide each channel by its standard deviation (MATLAB's
+    'zscore'); zerocenter: subtract only (the paper's). With zerocenter, channels in different units (QSM in
+    ppm has ~1/16 of normalised FLAIR's spread) learn at different speeds under Adam, whose step per weight
+    ignores the input's scale: multi-channel nets then ignore QSM (measured in docs/experiments.md)."""
     augment: str = "full"
     """full: all 48 cube symmetries of every patch every epoch (the paper); random: one per patch; none."""
     oversample: tuple[int, ...] = (2, 1)
@@ -86,6 +91,8 @@ class TrainConfig:
             raise InputError("--train-fraction must be in (0, 1) and --val-fraction in [0, 1)")
         if self.lr <= 0:
             raise InputError("--lr must be positive")
+        if self.input_norm not in ("zscore", "zerocenter"):
+            raise InputError(f"--input-norm must be zscore or zerocenter, got {self.input_norm!r}")
         if self.precision not in ("auto", "bf16", "fp32"):
             raise InputError(f"--precision must be auto, bf16 or fp32, got {self.precision!r}")
         if not self.channels:

@@ -56,6 +56,9 @@ class LesionNet(nn.Module):
         self.in_channels, self.n_classes, self.patch_size = in_channels, n_classes, patch_size
         # 'zerocenter' normalisation: the mean training image, stored with the model (not trained).
         self.register_buffer("mean_image", torch.zeros(in_channels, patch_size, patch_size, patch_size))
+        # 'zscore' adds one scale per channel (1 / its standard deviation over the training set); all ones
+        # is the paper's plain 'zerocenter'. See TrainConfig.input_norm for why it is the default.
+        self.register_buffer("input_scale", torch.ones(in_channels, 1, 1, 1))
         blocks, previous = [], in_channels
         for width in widths:
             blocks.append(ConvBlock(previous, width, fused))
@@ -67,9 +70,9 @@ class LesionNet(nn.Module):
         if self.is_channels_last():  # centre and change layout in one pass
             centred = torch.empty_like(x, dtype=torch.result_type(x, self.mean_image),
                                        memory_format=torch.channels_last_3d)
-            x = torch.sub(x, self.mean_image, out=centred)
+            x = torch.sub(x, self.mean_image, out=centred).mul_(self.input_scale)
         else:
-            x = x - self.mean_image
+            x = (x - self.mean_image) * self.input_scale
         return self.classifier(torch.flatten(self.features(x), 1))
 
     def channels_last(self, enabled: bool = True) -> LesionNet:

@@ -113,6 +113,16 @@ def mean_training_image(images: torch.Tensor, items: np.ndarray, augment: str) -
     return mean.float()
 
 
+def channel_scale(images: torch.Tensor, items: np.ndarray, mean: torch.Tensor) -> torch.Tensor:
+    """1 / (per-channel standard deviation of the centred training images), shape [C, 1, 1, 1]."""
+    squares = torch.zeros(images.shape[1], dtype=torch.float64)
+    for start in range(0, len(items), 512):
+        centred = images[torch.as_tensor(items[start:start + 512])].double() - mean.double()
+        squares += centred.pow(2).sum(dim=(0, 2, 3, 4))
+    std = (squares / (len(items) * mean[0].numel())).sqrt()
+    return (1.0 / std.clamp_min(1e-12)).float().view(-1, 1, 1, 1)
+
+
 def build_model(cfg: TrainConfig, task: Task) -> LesionNet:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
@@ -284,6 +294,8 @@ def _train(cfg, task, run_dir, device, checkpoint, show_progress, ctx: distribut
     items = oversampled(split["train"], task.targets, cfg.oversample)
     model = build_model(cfg, task)
     model.mean_image.copy_(mean_training_image(images.cpu(), items, cfg.augment))
+    if cfg.input_norm == "zscore":
+        model.input_scale.copy_(channel_scale(images.cpu(), items, model.mean_image))
     model.to(device).channels_last()
     optimizer = build_optimizer(model, cfg)
     history: list[dict] = []

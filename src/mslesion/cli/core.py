@@ -46,6 +46,7 @@ def train(
     classes: Annotated[str, typer.Option(help="Class map 'name=codes;name=codes'.")] = PAPER_CLASSES,
     split: Annotated[str, typer.Option(help="paper | patient | predefined.")] = "paper",
     augment: Annotated[str, typer.Option(help="full (48 symmetries, paper) | random | none.")] = "full",
+    input_norm: Annotated[str, typer.Option(help="zscore (per-channel scale) | zerocenter (the paper).")] = "zscore",
     epochs: Annotated[int, typer.Option()] = 15,
     batch_size: Annotated[int, typer.Option()] = 128,
     lr: Annotated[float, typer.Option(help="Initial learning rate (×0.316 at epochs 6 and 10).")] = 0.01,
@@ -69,7 +70,8 @@ def train(
 
     cfg = TrainConfig(
         data=str(data), out=str(out), channels=parse_channels(channels), classes=classes, split=split,
-        augment=augment, epochs=epochs, batch_size=batch_size, lr=lr, oversample=parse_ints(oversample, "--oversample"),
+        augment=augment, input_norm=input_norm, epochs=epochs, batch_size=batch_size, lr=lr,
+        oversample=parse_ints(oversample, "--oversample"),
         val_fraction=val_fraction, select=select, cv_folds=cv, fold=fold if cv > 1 else -1, seed=seed,
         device=device, precision=precision, threads=threads,
     )
