@@ -73,10 +73,9 @@ def complex_white_noise(rng: np.random.Generator, kshape: tuple[int, ...], n_vox
     Hermitian symmetry is not enforced on the self-conjugate planes; irfftn then keeps their real part,
     which still gives real, Gaussian, nearly white noise: good enough for synthetic data.
     """
-    scale = np.float32(np.sqrt(n_voxels / 2.0))
-    real = rng.standard_normal(kshape, dtype=np.float32)
-    imag = rng.standard_normal(kshape, dtype=np.float32)
-    return (real + 1j * imag).astype(np.complex64) * scale
+    pairs = rng.standard_normal((*kshape, 2), dtype=np.float32)
+    pairs *= np.float32(np.sqrt(n_voxels / 2.0))
+    return pairs.view(np.complex64)[..., 0]
 
 
 @lru_cache(maxsize=8)
@@ -112,24 +111,27 @@ def smooth_random_field(
 
 def simulate_qsm(
     chi_ppm: np.ndarray,
-    voxel_size_mm: tuple[float, float, float] | float,
+    voxel_size_mm: float,
     field_noise_ppm: float,
     tkd_threshold: float,
     rng: np.random.Generator,
-    extra_chi_spectrum: np.ndarray | None = None,
+    texture_ppm: float = 0.0,
+    texture_scale_mm: float = 2.0,
 ) -> np.ndarray:
     """QSM (ppm) as a scanner would give it: dipole forward model of chi, white field noise, TKD inversion.
 
-    `extra_chi_spectrum` (rfftn layout) is added to FFT(chi) before the forward model, so a smooth
-    background can be drawn directly in k-space without an FFT of its own.
+    `texture_ppm` adds a smooth Gaussian random texture (correlation ~texture_scale_mm) to chi, as white
+    matter is not uniform. Texture and field noise are both Gaussian with real spectral filters, so their
+    sum is drawn as one white spectrum filtered by sqrt(|D T|^2 + sigma^2): one draw instead of two, the
+    same distribution.
     """
     shape = chi_ppm.shape
     kernel = dipole_kernel(shape, voxel_size_mm)
-    chi_k = scipy.fft.rfftn(chi_ppm.astype(np.float32, copy=False), workers=FFT_WORKERS)
-    if extra_chi_spectrum is not None:
-        chi_k += extra_chi_spectrum
-    field_k = kernel * chi_k
-    field_k += complex_white_noise(rng, field_k.shape, int(np.prod(shape))) * np.float32(field_noise_ppm)
+    field_k = scipy.fft.rfftn(chi_ppm.astype(np.float32, copy=False), workers=FFT_WORKERS)
+    field_k *= kernel
+    texture = kernel * lowpass(shape, voxel_size_mm, texture_scale_mm) * np.float32(texture_ppm)
+    noise_filter = np.sqrt(texture * texture + np.float32(field_noise_ppm) ** 2)
+    field_k += complex_white_noise(rng, field_k.shape, int(np.prod(shape))) * noise_filter
     field_k *= tkd_inverse_for(shape, voxel_size_mm, tkd_threshold)
     return scipy.fft.irfftn(field_k, s=shape, workers=FFT_WORKERS).astype(np.float32)
 
@@ -178,6 +180,18 @@ class Grid:
     def offsets(self, box: tuple[slice, slice, slice], centre_mm: np.ndarray) -> np.ndarray:
         """Position (mm) of each voxel of `box` relative to `centre_mm`, shape (3, *box shape)."""
         return np.stack(np.broadcast_arrays(*self.open_offsets(box, centre_mm)))
+
+
+def unit_vector(rng: np.random.Generator) -> np.ndarray:
+    """A direction uniformly distributed on the sphere."""
+    v = rng.standard_normal(3)
+    return v / np.linalg.norm(v)
+
+
+def random_rotation(rng: np.random.Generator) -> np.ndarray:
+    """A uniformly distributed rotation matrix (QR of a Gaussian matrix, signs fixed)."""
+    q, r = np.linalg.qr(rng.standard_normal((3, 3)))
+    return q * np.sign(np.diag(r))
 
 
 def radial_wobble(directions: np.ndarray, wobble: np.ndarray) -> np.ndarray:
@@ -236,7 +250,10 @@ def paramagnetic_rim(
 
 
 def vein_tube(
-    offsets_mm: tuple[np.ndarray, np.ndarray, np.ndarray], direction: np.ndarray, radius_mm: float, voxel_mm: float
+    offsets_mm: tuple[np.ndarray, np.ndarray, np.ndarray],
+    direction: np.ndarray,
+    radius_mm: float,
+    voxel_mm: float,
 ) -> np.ndarray:
     """Volume fraction of a straight vein (a cylinder of `radius_mm` through the origin of `offsets_mm`,
     three broadcastable coordinate arrays) in each voxel.
@@ -250,7 +267,8 @@ def vein_tube(
     sigma2 = max(radius_mm**2 / 2.0, (voxel_mm / 2.0) ** 2)
     fraction = np.zeros(distance2.shape, dtype=np.float32)
     near = distance2 < 9.0 * sigma2
-    fraction[near] = np.float32(radius_mm**2 / (2.0 * sigma2)) * np.exp(-distance2[near] / np.float32(2 * sigma2))
+    peak = np.float32(radius_mm**2 / (2.0 * sigma2))
+    fraction[near] = peak * np.exp(-distance2[near] / np.float32(2 * sigma2))
     return fraction
 
 def _read_only(array: np.ndarray) -> np.ndarray:

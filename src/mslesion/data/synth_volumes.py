@@ -1,0 +1,245 @@
+"""Synthetic whole-subject scans (BIDS-style NIfTI), for the extraction and prediction features.
+
+Each subject is an ellipsoidal "brain" (grey matter around white matter, two ventricles) holding lesions
+drawn and rendered exactly as in the patch generator (`synth.draw_lesion`, `synth.render_lesion`), and its
+QSM is the same dipole forward model and TKD inversion (`physics.simulate_qsm`) applied to the whole
+susceptibility map. Lesions lie in white matter and never touch: at least two voxels separate any two, so
+26-connected components of the mask are exactly the lesions.
+
+Layout (BIDS-like):
+  out_dir/dataset_description.json
+  out_dir/sub-XXX/anat/sub-XXX_FLAIR.nii.gz                 float32, arbitrary units
+  out_dir/sub-XXX/anat/sub-XXX_Chimap.nii.gz                float32, ppm
+  out_dir/sub-XXX/anat/sub-XXX_label-lesion_mask.nii.gz     uint8 0/1
+  out_dir/sub-XXX/anat/sub-XXX_desc-phenotype_dseg.nii.gz   uint8, Table 1 code of each lesion voxel
+  out_dir/sub-XXX/lesions.csv   ground truth: lesion_id, i, j, k (rounded centroid voxel), voxels, label
+                                (Table 1 code), x_mm, y_mm, z_mm (centroid in world RAS coordinates)
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from scipy import ndimage
+
+from mslesion.atomic import atomic_path, write_atomic, write_json
+from mslesion.data import physics
+from mslesion.data.dataset import TABLE1_COUNTS
+from mslesion.data.synth import (
+    PAPER_PATIENTS,
+    VEIN_CHI_PPM,
+    PatientEffects,
+    SynthConfig,
+    draw_code,
+    draw_lesion,
+    patient_id,
+    render_lesion,
+    table1_codes,
+)
+from mslesion.errors import InputError
+
+# Susceptibility relative to CSF (ppm), typical of 3T QSM (Deistung et al. 2013; Langkammer et al. 2012).
+CHI_WHITE_MATTER = -0.03
+CHI_GREY_MATTER = 0.01
+# FLAIR: fluid suppressed, grey matter a little brighter than white matter.
+FLAIR_WHITE_MATTER, FLAIR_GREY_MATTER, FLAIR_CSF = 1.0, 1.25, 0.15
+LESION_GAP_VOXELS = 2  # free voxels around every lesion, so that lesions stay separate components
+MIN_LESION_VOXELS = 3
+
+
+@dataclass
+class Anatomy:
+    brain: np.ndarray  # bool
+    white_matter: np.ndarray  # bool, where lesions may lie
+    csf: np.ndarray  # bool (ventricles)
+
+
+@dataclass
+class SubjectLesions:
+    labels: np.ndarray  # int32 lesion id per voxel (0: none)
+    chi_ppm: np.ndarray
+    flair_excess: np.ndarray
+    table: list[dict[str, int | float]] = field(default_factory=list)
+
+
+def volume_affine(shape: tuple[int, int, int], voxel_mm: float) -> np.ndarray:
+    """RAS affine with the voxel size on the diagonal and the volume centred on the world origin."""
+    affine = np.diag([voxel_mm, voxel_mm, voxel_mm, 1.0])
+    affine[:3, 3] = -(np.asarray(shape) - 1) / 2.0 * voxel_mm
+    return affine
+
+
+def brain_anatomy(grid: physics.Grid, rng: np.random.Generator) -> Anatomy:
+    """An ellipsoidal brain filling most of the grid, white matter inside, two ventricles near the centre."""
+    half = np.asarray(grid.shape) * grid.voxel_mm / 2.0
+    x, y, z = grid.open_offsets(None, np.zeros(3))
+    semi = half * 0.9 * rng.uniform(0.95, 1.0, 3)
+    radius2 = (x / semi[0]) ** 2 + (y / semi[1]) ** 2 + (z / semi[2]) ** 2
+    brain = radius2 <= 1.0
+    white_matter = radius2 <= 0.72**2
+    csf = np.zeros(grid.shape, bool)
+    for side in (-1, 1):
+        vx, vy, vz = semi * [0.12, 0.35, 0.12]
+        cx = side * semi[0] * 0.14
+        csf |= ((x - cx) / vx) ** 2 + (y / vy) ** 2 + ((z - semi[2] * 0.05) / vz) ** 2 <= 1.0
+    return Anatomy(brain, white_matter & ~ndimage.binary_dilation(csf, iterations=3), csf)
+
+
+def place_lesions(
+    cfg: SynthConfig, grid: physics.Grid, anatomy: Anatomy, n_lesions: int, rng: np.random.Generator
+) -> SubjectLesions:
+    """Draw lesions and keep each one that lies in white matter and clears earlier ones by the gap."""
+    placed = SubjectLesions(np.zeros(grid.shape, np.int32), np.zeros(grid.shape, np.float32),
+                            np.zeros(grid.shape, np.float32))
+    candidates = np.argwhere(ndimage.binary_erosion(anatomy.white_matter, iterations=2))
+    gap = ndimage.generate_binary_structure(3, 3)  # 26-connected dilation: a cube around every voxel
+    for _attempt in range(n_lesions * 20):
+        if len(placed.table) == n_lesions:
+            break
+        centre = grid.voxel_mm * candidates[rng.integers(len(candidates))] + grid.origin_mm
+        lesion = draw_lesion(rng, draw_code(rng, table1_codes(cfg.labelled_only)), centre)
+        rendered = render_lesion(lesion, grid)
+        if rendered is None or rendered.inside.sum() < MIN_LESION_VOXELS:
+            continue
+        box = rendered.box
+        footprint = ndimage.binary_dilation(rendered.inside, gap, iterations=LESION_GAP_VOXELS)
+        if placed.labels[box][footprint].any() or not anatomy.white_matter[box][footprint].all():
+            continue
+        touches_edge = any(s.start == 0 or s.stop == n for s, n in zip(box, grid.shape, strict=True))
+        if touches_edge:
+            continue
+        lesion_id = len(placed.table) + 1
+        placed.labels[box][rendered.inside] = lesion_id
+        placed.chi_ppm[box] += rendered.chi_ppm
+        excess = rendered.fraction * np.float32(lesion.flair_excess)
+        np.maximum(placed.flair_excess[box], excess, out=placed.flair_excess[box])
+        voxels = np.argwhere(rendered.inside) + [s.start for s in box]
+        centroid = voxels.mean(axis=0)
+        i, j, k = np.rint(centroid).astype(int)
+        x, y, z = np.asarray(grid.origin_mm) + centroid * grid.voxel_mm
+        placed.table.append({
+            "lesion_id": lesion_id, "i": int(i), "j": int(j), "k": int(k), "voxels": int(len(voxels)),
+            "label": lesion.code, "x_mm": round(float(x), 3), "y_mm": round(float(y), 3),
+            "z_mm": round(float(z), 3),
+        })
+    return placed
+
+
+def subject_images(
+    cfg: SynthConfig, grid: physics.Grid, anatomy: Anatomy, lesions: SubjectLesions,
+    patient: PatientEffects, rng: np.random.Generator,
+) -> tuple[np.ndarray, np.ndarray]:
+    """FLAIR and QSM (ppm, zero outside the brain) of one subject."""
+    grey = anatomy.brain & ~anatomy.white_matter & ~anatomy.csf
+    chi = np.where(grey, CHI_GREY_MATTER, 0.0).astype(np.float32)
+    chi[anatomy.white_matter] = CHI_WHITE_MATTER
+    chi += lesions.chi_ppm
+    for _ in range(int(rng.poisson(6))):  # medullary veins crossing white matter
+        point = rng.uniform(-0.3, 0.3, 3) * np.asarray(grid.shape) * grid.voxel_mm
+        direction, radius = physics.unit_vector(rng), rng.uniform(0.3, 0.8)
+        tube = physics.vein_tube(grid.open_offsets(None, point), direction, radius, grid.voxel_mm)
+        chi += tube * np.float32(VEIN_CHI_PPM) * anatomy.brain
+    qsm = physics.simulate_qsm(
+        chi, grid.voxel_mm, patient.field_noise_ppm, patient.tkd_threshold, rng, patient.texture_ppm
+    )
+    qsm = (qsm + np.float32(patient.qsm_offset_ppm)) * anatomy.brain
+
+    tissue = np.where(grey, FLAIR_GREY_MATTER, 0.0).astype(np.float32)
+    tissue[anatomy.white_matter] = FLAIR_WHITE_MATTER
+    tissue[anatomy.csf] = FLAIR_CSF
+    tissue *= 1 + np.float32(patient.flair_contrast) * lesions.flair_excess
+    bias = physics.smooth_random_field(rng, grid.shape, grid.voxel_mm, 30.0, patient.bias_amplitude)
+    flair = physics.rician_magnitude(rng, np.float32(patient.flair_gain) * (1 + bias) * tissue,
+                                     patient.flair_gain * patient.flair_noise)
+    return flair, qsm.astype(np.float32)
+
+
+def generate_subject_volumes(
+    cfg: SynthConfig,
+    out_dir: str | Path,
+    n_subjects: int,
+    shape: tuple[int, int, int] = (96, 112, 96),
+    voxel_size_mm: float = 1.0,
+    lesions_per_subject: float | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> list[Path]:
+    """Write `n_subjects` synthetic subjects under `out_dir`; returns their folders.
+
+    Lesions per subject are Poisson with mean `lesions_per_subject` (default: the paper's lesions per
+    patient x cfg.lesions_scale, counting only classes 2, 3, 5, 6 when cfg.labelled_only). Patient effects
+    (gain, noise, QSM reconstruction) are those of the same patient index in the patch generator.
+    """
+    if n_subjects < 1:
+        raise InputError(f"n_subjects must be >= 1, got {n_subjects}")
+    if len(shape) != 3 or min(shape) < 32:
+        raise InputError(f"volume shape must be 3 sizes >= 32 voxels, got {shape}")
+    if not 0.1 <= voxel_size_mm <= 5.0:
+        raise InputError(f"voxel_size_mm must be 0.1..5, got {voxel_size_mm}")
+    if lesions_per_subject is None:
+        counted = sum(TABLE1_COUNTS[c] for c in table1_codes(cfg.labelled_only))
+        lesions_per_subject = cfg.lesions_scale * counted / PAPER_PATIENTS
+    out_dir = Path(out_dir)
+    write_json(out_dir / "dataset_description.json", {
+        "Name": "mslesion synthetic cohort", "BIDSVersion": "1.9.0", "DatasetType": "derivative",
+        "GeneratedBy": [{"Name": "mslesion.data.synth_volumes", "Description": cfg.describe()}],
+    })
+    folders = []
+    for index in range(n_subjects):
+        folders.append(write_subject(cfg, out_dir, index, n_subjects, tuple(shape), voxel_size_mm,
+                                     lesions_per_subject))
+        if progress is not None:
+            progress(index + 1, n_subjects)
+    return folders
+
+
+def write_subject(
+    cfg: SynthConfig, out_dir: Path, index: int, n_subjects: int, shape: tuple[int, int, int],
+    voxel_mm: float, lesions_per_subject: float,
+) -> Path:
+    rng = np.random.default_rng([cfg.seed, 3, index])
+    patient = PatientEffects.draw(np.random.default_rng([cfg.seed, 1, index]), cfg)
+    affine = volume_affine(shape, voxel_mm)
+    grid = physics.Grid(shape, voxel_mm, tuple(affine[:3, 3]))
+    anatomy = brain_anatomy(grid, rng)
+    lesions = place_lesions(cfg, grid, anatomy, int(rng.poisson(lesions_per_subject)), rng)
+    flair, qsm = subject_images(cfg, grid, anatomy, lesions, patient, rng)
+    codes = np.zeros(len(lesions.table) + 1, np.uint8)
+    codes[1:] = [row["label"] for row in lesions.table]
+
+    subject = patient_id(index, n_subjects)
+    anat = out_dir / subject / "anat"
+    for suffix, image in (
+        ("FLAIR", flair), ("Chimap", qsm), ("label-lesion_mask", (lesions.labels > 0).astype(np.uint8)),
+        ("desc-phenotype_dseg", codes[lesions.labels]),
+    ):
+        write_nifti(anat / f"{subject}_{suffix}.nii.gz", image, affine)
+    write_lesion_table(out_dir / subject / "lesions.csv", lesions.table)
+    return out_dir / subject
+
+
+def write_nifti(path: Path, image: np.ndarray, affine: np.ndarray) -> None:
+    """Write a gzipped NIfTI-1 atomically, with millimetre units and a scanner-space (RAS) qform/sform."""
+    import nibabel as nib
+
+    nifti = nib.Nifti1Image(image, affine)
+    nifti.header.set_xyzt_units("mm")
+    nifti.set_qform(affine, code=1)
+    nifti.set_sform(affine, code=1)
+    data = gzip.compress(nifti.to_bytes(), compresslevel=1, mtime=0)  # mtime 0: same input, same bytes
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+
+
+def write_lesion_table(path: Path, table: list[dict[str, int | float]]) -> None:
+    columns = ["lesion_id", "i", "j", "k", "voxels", "label", "x_mm", "y_mm", "z_mm"]
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(table)
+    write_atomic(path, lambda tmp: tmp.write_text(buffer.getvalue()))
