@@ -1,0 +1,106 @@
+"""Channel ablation: grid layout, validation, resumability and the written results."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pytest
+from conftest import toy_patches
+
+from mslesion.ablate import (
+    ABLATION_PNG,
+    RESULTS_CSV,
+    RESULTS_MD,
+    AblationConfig,
+    ablate,
+    grid,
+    results_markdown,
+    run_folder,
+)
+from mslesion.data.dataset import write_patches
+from mslesion.errors import InputError
+from mslesion.runs import CHECKPOINT, METRICS, MODEL
+
+FAST = dict(augment="none", epochs=2, batch_size=16, lr=0.01, threads=1, n_bootstrap=20)
+
+
+def test_grid_covers_sets_seeds_and_folds(tmp_path: Path) -> None:
+    cfg = AblationConfig(data="x.h5", out=str(tmp_path), channel_sets=("qsm", "flair,qsm"), cv_folds=3, seeds=2)
+    runs = grid(cfg)
+    assert len(runs) == 2 * 2 * 3
+    assert {r.channels for r in runs} == {("qsm",), ("flair", "qsm")}
+    assert {(r.seed, r.fold) for r in runs} == {(s, f) for s in range(2) for f in range(3)}
+    assert all(r.cv_folds == 3 and r.val_fraction == 0.15 for r in runs)
+    assert run_folder(tmp_path, "flair, qsm", 1, 2) == tmp_path / "runs" / "flair+qsm" / "seed1" / "fold2"
+    assert cfg.reference_set == "flair,qsm"
+
+
+def test_paper_scheme_is_one_lesion_level_split_per_seed(tmp_path: Path) -> None:
+    runs = grid(AblationConfig(data="x.h5", out=str(tmp_path), channel_sets=("qsm",), scheme="paper", seeds=3))
+    assert [(r.split, r.cv_folds, r.fold, r.seed) for r in runs] == [("paper", 0, -1, s) for s in range(3)]
+
+
+@pytest.mark.parametrize("bad", [dict(scheme="lesion"), dict(cv_folds=1), dict(seeds=0), dict(channel_sets=()),
+                                 dict(reference="mask"), dict(augment="some"), dict(epochs=0)])
+def test_bad_settings_are_input_errors(bad: dict) -> None:
+    with pytest.raises(InputError):
+        AblationConfig(data="x.h5", **{"channel_sets": ("qsm", "flair"), **bad})
+
+
+def test_results_markdown_shows_cis_and_the_papers_numbers() -> None:
+    names = ["remyelinating", "demyelinating"]
+    row = {"channels": "qsm", "n": 40, "majority_baseline": 0.6, "class_names": names}
+    for key in ("accuracy", "balanced_accuracy", "roc_auc", "pr_auc", "partial_roc_auc", *(f"tpr_{n}" for n in names)):
+        row.update({key: 0.8, f"{key}_low": 0.7, f"{key}_high": 0.9})
+    text = results_markdown({"config": {"scheme": "cv", "cv_folds": 5, "seeds": 1, "n_bootstrap": 1000},
+                             "rows": [row], "comparisons": [{"a": "qsm", "b": "flair", "metric": "roc_auc",
+                                                             "difference": 0.2, "low": 0.1, "high": 0.3,
+                                                             "p_value": 0.01}]})
+    assert "| qsm | 80.0 [70.0, 90.0] |" in text
+    assert "89.31" in text  # the paper's Table 3 accuracy for QSM alone
+    assert "+0.200 [+0.100, +0.300] | 0.01" in text
+
+
+@pytest.mark.slow
+def test_ablation_runs_resumes_and_skips(tmp_path: Path) -> None:
+    data = tmp_path / "toy.h5"
+    write_patches(data, toy_patches(size=23, n_patients=12))
+    cfg = AblationConfig(data=str(data), out=str(tmp_path / "ablation"), channel_sets=("flair", "qsm"), cv_folds=2,
+                         **FAST)
+    results = ablate(cfg, show_progress=False)
+    out = Path(cfg.out)
+    for name in (RESULTS_CSV, RESULTS_MD, ABLATION_PNG):
+        assert (out / name).stat().st_size > 0
+    with open(out / RESULTS_CSV) as f:
+        rows = {r["channels"]: r for r in csv.DictReader(f)}
+    assert set(rows) == {"flair", "qsm"} and int(rows["qsm"]["n"]) == 80
+    # only QSM carries the class in the toy set
+    assert float(rows["qsm"]["roc_auc"]) > 0.9 > float(rows["flair"]["roc_auc"])
+    assert float(rows["qsm"]["accuracy_low"]) <= float(rows["qsm"]["accuracy"]) <= float(rows["qsm"]["accuracy_high"])
+    assert [c["metric"] for c in results["comparisons"]] == ["roc_auc", "balanced_accuracy"]
+
+    # an interrupted run (checkpoint, no model) resumes; finished runs are left alone
+    interrupted = run_folder(out, "qsm", 0, 1)
+    (interrupted / MODEL).unlink()
+    (interrupted / METRICS).unlink()
+    finished = run_folder(out, "flair", 0, 0) / MODEL
+    before = finished.stat().st_mtime_ns
+    assert (interrupted / CHECKPOINT).exists()
+    ablate(cfg, show_progress=False)
+    assert finished.stat().st_mtime_ns == before
+    assert (interrupted / MODEL).exists() and "resuming after epoch 2" in (interrupted / "train.log").read_text()
+
+    with pytest.raises(InputError, match="other settings"):
+        ablate(AblationConfig(**{**cfg.__dict__, "epochs": 3}), show_progress=False)
+
+
+def test_missing_data_or_unknown_channel_fails_before_any_output(tmp_path: Path) -> None:
+    out = tmp_path / "ablation"
+    with pytest.raises(InputError, match="not found"):
+        ablate(AblationConfig(data=str(tmp_path / "missing.h5"), out=str(out), channel_sets=("qsm",)), False)
+    data = tmp_path / "toy.h5"
+    write_patches(data, toy_patches(size=23))
+    with pytest.raises(InputError, match="unknown channel swi"):
+        ablate(AblationConfig(data=str(data), out=str(out), channel_sets=("qsm", "swi")), False)
+    assert not out.exists()
