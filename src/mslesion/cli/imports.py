@@ -2,4 +2,39 @@
 
 from __future__ import annotations
 
-from mslesion.cli.app import app  # noqa: F401
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from mslesion.cli.app import app, console
+
+
+@app.command("import-medmnist")
+def import_medmnist(
+    source: Annotated[Path, typer.Argument(help="MedMNIST-3D-style npz (train_/val_/test_ images and labels).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="HDF5 patch file to write.")],
+    channel_name: Annotated[str, typer.Option(help="Name of the image channel (e.g. ct, mra).")] = "image",
+    class_names: Annotated[str, typer.Option(help="Comma-separated names of classes 0, 1, ... (default: "
+                                                  "MedMNIST's names where known, else class0, class1, ...).")] = "",
+) -> None:
+    """Convert a MedMNIST 3D npz to a patch file, keeping the official train/val/test split.
+
+    Class c is stored as label code c + 1 (code 0 means "not labelled"); the class map to pass to
+    `train --classes` is printed and stored in the file attribute `class_map`. Images are scaled to [0, 1].
+    MedMNIST has no patient ids: each sample gets its own.
+    """
+    from mslesion.data.medmnist import MedMNISTImportConfig, split_summary
+    from mslesion.data.medmnist import import_medmnist as run_import
+
+    names = tuple(n.strip() for n in class_names.split(",") if n.strip())
+    cfg = MedMNISTImportConfig(source=str(source), out=str(out), channel_name=channel_name, class_names=names)
+    patches = run_import(cfg)
+    class_map = str(patches.attrs["class_map"])
+    size = patches.patch_shape[0]
+    console.print(f"wrote {len(patches)} patches ({size}³, channel '{channel_name}') to {out}")
+    for split, counts in split_summary(patches).items():
+        console.print(f"  {split:5s} {sum(counts.values()):6d}  per code: {counts}")
+    console.print(f"class map: {class_map}")
+    console.print(f"train with: mslesion train {out} --split predefined --channels {channel_name} "
+                  f"--classes '{class_map}' --select val_auc", highlight=False, soft_wrap=True)
