@@ -141,3 +141,14 @@ def test_zscore_learns_a_small_unit_channel_beside_a_loud_one(tmp_path: Path):
     assert metrics["accuracy"] >= 0.9
     scale = torch.load(Path(cfg.out) / "model.pt", weights_only=True)["state_dict"]["input_scale"].flatten()
     assert scale[1] > 50 * scale[0]  # the quiet channel is scaled up
+
+
+def test_evaluate_with_abstention_counts_uncertain_lesions(tmp_path: Path):
+    run = train(toy_config(tmp_path, "e", epochs=1), show_progress=False)
+    plain = evaluate(EvaluateConfig(run=str(run)))
+    abstaining = evaluate(EvaluateConfig(run=str(run), abstain=0.9))["abstention"]
+    n = plain["n"]
+    assert abstaining["n_uncertain"] + round(abstaining["coverage"] * n) == n
+    assert 0.0 <= abstaining["coverage"] <= 1.0
+    with pytest.raises(Exception, match="abstain"):
+        EvaluateConfig(run=str(run), abstain=1.5)

@@ -155,19 +155,13 @@ def grid_progress(enabled: bool, console=None):
     """One progress bar for the whole grid (the runs themselves train silently)."""
     from contextlib import nullcontext
 
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
+    from rich.progress import Progress
+
+    from mslesion.progress import progress_columns
 
     if not enabled:
         return nullcontext(None)
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    TimeRemainingColumn(), console=console)
+    return Progress(*progress_columns(), console=console)
 
 
 def channel_subset(task: Task, channels: tuple[str, ...]) -> Task:

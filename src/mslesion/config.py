@@ -111,6 +111,13 @@ class EvaluateConfig:
     """Patch file to evaluate on; default: the run's own data and its test split."""
     batch_size: int = 256
     device: str = "cpu"
+    abstain: float = 0.0
+    """Confidence below which a prediction counts as 'uncertain' (0 = never): adds coverage and accuracy on
+    the covered lesions to the metrics."""
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.abstain < 1:
+            raise InputError(f"--abstain must be in [0, 1), got {self.abstain}")
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ from mslesion.config import EvaluateConfig
 from mslesion.data.dataset import Task, load_task
 from mslesion.errors import InputError
 from mslesion.inference import predict_probabilities
-from mslesion.metrics import classification_metrics
+from mslesion.metrics import abstention_metrics, classification_metrics
 from mslesion.runs import METRICS, PREDICTIONS, SPLIT, load_trained, read_json
 
 
@@ -45,6 +45,8 @@ def evaluate(cfg: EvaluateConfig) -> dict:
         "channels": list(trained.channels),
         **classification_metrics(task.targets[indices], probabilities, trained.class_map.names),
     }
+    if cfg.abstain:
+        metrics["abstention"] = abstention_metrics(task.targets[indices], probabilities, cfg.abstain)
     write_json(run_dir / METRICS, metrics)
     write_predictions(run_dir / PREDICTIONS, task, indices, probabilities)
     return metrics
@@ -77,4 +79,8 @@ def metrics_table(metrics: dict, title: str = "Test metrics"):
     table.add_row("ROC AUC", f"{metrics['roc_auc']:.3f}")
     table.add_row("majority baseline", f"{metrics['majority_baseline_accuracy']:.2%}")
     table.add_row("confusion matrix", str(metrics["confusion_matrix"]))
+    if "abstention" in metrics:
+        a = metrics["abstention"]
+        table.add_row(f"abstain < {a['threshold']:.2f}", f"coverage {a['coverage']:.2%}, "
+                      f"accuracy on covered {a['covered_accuracy']:.2%}")
     return table

@@ -34,12 +34,16 @@ class _Bars:
         return _Bar(self.progress, self.progress.add_task(description, total=total, stats=""))
 
 
+def progress_columns() -> tuple:
+    """Description, bar, done/total, elapsed and remaining time: the columns every progress bar shows."""
+    return (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+            TimeRemainingColumn())
+
+
 @contextmanager
 def progress_bar(enabled: bool = True):
     if not enabled:
         yield _Bars(None)
         return
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-               TimeRemainingColumn(), TextColumn("{task.fields[stats]}"))
-    with Progress(*columns, transient=False) as progress:
+    with Progress(*progress_columns(), TextColumn("{task.fields[stats]}"), transient=False) as progress:
         yield _Bars(progress)

@@ -49,7 +49,8 @@ def train(
     input_norm: Annotated[str, typer.Option(help="zscore (per-channel scale) | zerocenter (the paper).")] = "zscore",
     epochs: Annotated[int, typer.Option()] = 15,
     batch_size: Annotated[int, typer.Option()] = 128,
-    lr: Annotated[float, typer.Option(help="Initial learning rate (×0.316 at epochs 6 and 10).")] = 0.01,
+    lr: Annotated[float, typer.Option(help="Initial learning rate.")] = 0.01,
+    lr_milestones: Annotated[str, typer.Option(help="Epochs at which the rate is multiplied by 0.316.")] = "6,10",
     oversample: Annotated[str, typer.Option(help="Copies per class in training, in class-map order.")] = "2,1",
     val_fraction: Annotated[float, typer.Option(help="Part of the training set held out for validation.")] = 0.0,
     select: Annotated[str, typer.Option(help="Weights kept: last | val_auc | val_accuracy | val_loss.")] = "last",
@@ -71,6 +72,7 @@ def train(
     cfg = TrainConfig(
         data=str(data), out=str(out), channels=parse_channels(channels), classes=classes, split=split,
         augment=augment, input_norm=input_norm, epochs=epochs, batch_size=batch_size, lr=lr,
+        lr_milestones=parse_ints(lr_milestones, "--lr-milestones"),
         oversample=parse_ints(oversample, "--oversample"),
         val_fraction=val_fraction, select=select, cv_folds=cv, fold=fold if cv > 1 else -1, seed=seed,
         device=device, precision=precision, threads=threads,
@@ -89,19 +91,21 @@ def evaluate(
     run: Annotated[Path, typer.Argument(help="Run folder written by `mslesion train`.")],
     data: Annotated[Path | None, typer.Argument(help="Patch file; default: the run's data, test split.")] = None,
     device: Annotated[str, typer.Option()] = "cpu",
+    abstain: Annotated[float, typer.Option(help="Confidence below which a prediction is 'uncertain' (0 = never).")]
+    = 0.0,
 ) -> None:
     """Evaluate a trained run: metrics.json and predictions.csv in the run folder, and a table."""
     from mslesion.evaluate import metrics_table
 
-    metrics = _evaluate(run, data, device)
+    metrics = _evaluate(run, data, device, abstain)
     console.print(metrics_table(metrics, f"{run}: {'test' if data is None else data} metrics"))
 
 
-def _evaluate(run: Path, data: Path | None, device: str) -> dict:
+def _evaluate(run: Path, data: Path | None, device: str, abstain: float = 0.0) -> dict:
     from mslesion.config import EvaluateConfig
     from mslesion.evaluate import evaluate as run_evaluation
 
-    return run_evaluation(EvaluateConfig(run=str(run), data=str(data or ""), device=device))
+    return run_evaluation(EvaluateConfig(run=str(run), data=str(data or ""), device=device, abstain=abstain))
 
 
 @app.command()
