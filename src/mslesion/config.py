@@ -60,7 +60,8 @@ class TrainConfig:
     """zscore: subtract the mean training image and divide each channel by its standard deviation (MATLAB's
     'zscore'); zerocenter: subtract only (the paper's). With zerocenter, channels in different units (QSM in
     ppm has ~1/16 of normalised FLAIR's spread) learn at different speeds under Adam, whose step per weight
-    ignores the input's scale: multi-channel nets then ignore QSM (measured in docs/experiments.md)."""
+    ignores the input's scale: multi-channel nets then ignore QSM (measured: see the README, "Why per-channel
+    scaling is the default")."""
     augment: str = "full"
     """full: all 48 cube symmetries of every patch every epoch (the paper); random: one per patch; none."""
     oversample: tuple[int, ...] = (2, 1)

@@ -116,7 +116,7 @@ def results_table(rows: list[dict], settings: DemoSettings) -> Table:
                         f"batch {settings.batch_size})")
     for column in ("channels", "test accuracy", "balanced acc.", "ROC AUC", "TPR remyel.", "TPR demyel.",
                    "paper accuracy"):
-        table.add_column(column, justify="left" if column == "channels" else "right")
+        table.add_column(column, justify="left" if column == "channels" else "right", no_wrap=column == "channels")
     if rows:
         table.add_row("none (baseline)", f"{rows[0]['baseline']:.2%}", "50.00%", "0.500", "", "",
                       f"{PAPER_BASELINE:.2f}%")

@@ -2,7 +2,7 @@
 
 The augmented data set is never materialised: each epoch is a shuffled list of (patch, symmetry) pairs,
 and each batch gathers its patches in their symmetries on the fly (transforms.gather_augmented), on the
-device that holds the data (the GPU with --device cuda). Speed (docs/speed.md): the net runs in channels-last
+device that holds the data (the GPU with --device cuda). Speed (README, "Speed"): the net runs in channels-last
 3D layout with fused batch-norm/ReLU/max-pool blocks and bf16 autocast where the hardware supports it; under
 torchrun the epoch plan is sharded across ranks (mslesion.distributed).
 """
@@ -262,7 +262,7 @@ def train(cfg: TrainConfig, resume: bool = False, show_progress: bool = True, ta
 
 
 def tune_runtime(device: torch.device) -> None:
-    """Process-wide settings the speed benchmarks justify (docs/speed.md)."""
+    """Process-wide settings the speed benchmarks justify (README, "Speed")."""
     if device.type == "cpu":
         keep_freed_memory()  # large activations: reuse freed heap memory instead of fresh zero-filled pages
     else:
