@@ -48,6 +48,7 @@ def run_demo(out: Path, full: bool = False, device: str = "cpu", seed: int = 0, 
              channel_sets: tuple[str, ...] = tuple(PAPER_TABLE3)) -> list[dict]:
     console = console or Console()
     settings = FULL if full else QUICK
+    out = out / ("full" if full else "quick")  # the two settings never reuse each other's cohort or runs
     out.mkdir(parents=True, exist_ok=True)
     cohort = ensure_cohort(out / "cohort.h5", settings, seed, console)
     task = load_task(cohort, ("flair", "qsm", "mask"), ClassMap.parse(PAPER_CLASSES))
