@@ -39,7 +39,8 @@ class TrainConfig:
     """Training of the paper's net on one patch file. Defaults are the paper's protocol."""
 
     data: str = ""
-    """Patch file (HDF5, the project's format)."""
+    """Patch file (HDF5, the project's format); the CLI stores it as an absolute path, so that evaluate, resume and
+    report find it from any working directory."""
     out: str = "runs/train"
     """Run folder: config, checkpoints, split, history and metrics go here."""
     channels: tuple[str, ...] = MS_CHANNELS

@@ -70,7 +70,7 @@ def train(
     from mslesion.train import train as run_training
 
     cfg = TrainConfig(
-        data=str(data), out=str(out), channels=parse_channels(channels), classes=classes, split=split,
+        data=str(data.resolve()), out=str(out), channels=parse_channels(channels), classes=classes, split=split,
         augment=augment, input_norm=input_norm, epochs=epochs, batch_size=batch_size, lr=lr,
         lr_milestones=parse_ints(lr_milestones, "--lr-milestones"),
         oversample=parse_ints(oversample, "--oversample"),
