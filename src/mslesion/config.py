@@ -4,7 +4,7 @@ and inside every checkpoint, so a run can be understood and repeated from its fo
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from mslesion.data.dataset import MS_CHANNELS, PAPER_CLASSES
@@ -120,14 +120,3 @@ class EvaluateConfig:
     def __post_init__(self) -> None:
         if not 0 <= self.abstain < 1:
             raise InputError(f"--abstain must be in [0, 1), got {self.abstain}")
-
-
-@dataclass(frozen=True)
-class DemoConfig:
-    out: str = "demo_runs"
-    full: bool = False
-    """Run the paper protocol (full 48-fold augmentation, 15 epochs, full-size cohort) instead of the quick one."""
-    seed: int = 0
-    channel_sets: tuple[str, ...] = field(
-        default=("flair", "qsm", "mask", "flair,qsm", "flair,mask", "qsm,mask", "flair,qsm,mask")
-    )

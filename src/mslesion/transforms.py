@@ -73,11 +73,6 @@ def apply_symmetries(batch: torch.Tensor, ks: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def random_symmetries(n: int, generator: torch.Generator) -> torch.Tensor:
-    """n symmetry indices drawn uniformly (the draw is separate from the deterministic application)."""
-    return torch.randint(0, N_SYMMETRIES, (n,), generator=generator)
-
-
 _INDEX_MAPS: dict[tuple[int, str], torch.Tensor] = {}
 
 
