@@ -14,7 +14,8 @@ import mslesion.train as train_module
 from mslesion.config import EvaluateConfig, TrainConfig
 from mslesion.data.dataset import write_patches
 from mslesion.evaluate import evaluate
-from mslesion.train import epoch_plan, lr_at, oversampled, train
+from mslesion.train import epoch_plan, input_normalisation, lr_at, oversampled, train
+from mslesion.transforms import apply_symmetry
 
 
 def test_paper_learning_rate_schedule():
@@ -49,6 +50,23 @@ def test_oversampling_doubles_the_first_class():
     train_idx = np.array([0, 1, 2, 3])
     targets = np.array([0, 1, 0, 1])
     assert sorted(oversampled(train_idx, targets, (2, 1)).tolist()) == [0, 0, 1, 2, 2, 3]
+
+
+@pytest.mark.parametrize("augment", ["none", "random"])
+def test_input_normalisation_equals_the_two_pass_definition(augment):
+    # one pass (Σx, Σx²) must equal: mean image (symmetrised when augmenting), then 1/std about it per channel
+    generator = torch.Generator().manual_seed(0)
+    scales, offsets = torch.tensor([0.02, 3.0]).view(1, 2, 1, 1, 1), torch.tensor([0.5, -1.0]).view(1, 2, 1, 1, 1)
+    images = torch.randn(40, 2, 7, 7, 7, generator=generator) * scales + offsets
+    items = np.r_[np.arange(40), np.arange(10)]  # oversampled items count twice
+    mean, scale = input_normalisation(images, items, augment)
+    seen = images[torch.as_tensor(items)].double()
+    expected_mean = seen.mean(0)
+    if augment != "none":
+        expected_mean = torch.stack([apply_symmetry(expected_mean, k) for k in range(48)]).mean(0)
+    expected_scale = 1 / (seen - expected_mean).pow(2).mean(dim=(0, 2, 3, 4)).sqrt()
+    assert torch.allclose(mean.double(), expected_mean, atol=1e-6)
+    assert torch.allclose(scale.flatten().double(), expected_scale, rtol=1e-5)
 
 
 def toy_config(tmp_path: Path, name: str, scale: float = 1.0, **changes) -> TrainConfig:

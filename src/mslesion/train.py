@@ -102,25 +102,27 @@ def epoch_plan(items: np.ndarray, augment: str, epoch: int, seed: int) -> tuple[
     return items_t[order], ks[order]
 
 
-def mean_training_image(images: torch.Tensor, items: np.ndarray, augment: str) -> torch.Tensor:
-    """The 'zerocenter' image: the mean of the training set as the net sees it (augmented if augmented)."""
-    total = torch.zeros(images.shape[1:], dtype=torch.float64)
+def input_normalisation(images: torch.Tensor, items: np.ndarray, augment: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The 'zerocenter' mean image and the 'zscore' per-channel scale [C, 1, 1, 1], in one pass over the data.
+
+    The mean is that of the training set as the net sees it: over all 48 orientations (the symmetrised mean)
+    when augmenting. The scale is 1 / the standard deviation of the images about that mean, per channel:
+    Σ(x − m)² = Σx² − 2·Σ(m·Σx) + N·Σm², so one pass collects Σx per voxel and Σx² per channel.
+    """
+    voxel_sums = torch.zeros(images.shape[1:], dtype=torch.float64)
+    channel_squares = torch.zeros(images.shape[1], dtype=torch.float64)
     for start in range(0, len(items), 512):
-        total += images[torch.as_tensor(items[start:start + 512])].double().sum(0)
-    mean = total / len(items)
-    if augment != "none":  # the mean over all 48 orientations is the symmetrised mean
+        chunk = images[torch.as_tensor(items[start:start + 512])].double()
+        voxel_sums += chunk.sum(0)
+        channel_squares += chunk.pow(2).sum(dim=(0, 2, 3, 4))
+    n = len(items)
+    mean = voxel_sums / n
+    if augment != "none":
         mean = torch.stack([apply_symmetry(mean, k) for k in range(N_SYMMETRIES)]).mean(0)
-    return mean.float()
-
-
-def channel_scale(images: torch.Tensor, items: np.ndarray, mean: torch.Tensor) -> torch.Tensor:
-    """1 / (per-channel standard deviation of the centred training images), shape [C, 1, 1, 1]."""
-    squares = torch.zeros(images.shape[1], dtype=torch.float64)
-    for start in range(0, len(items), 512):
-        centred = images[torch.as_tensor(items[start:start + 512])].double() - mean.double()
-        squares += centred.pow(2).sum(dim=(0, 2, 3, 4))
-    std = (squares / (len(items) * mean[0].numel())).sqrt()
-    return (1.0 / std.clamp_min(1e-12)).float().view(-1, 1, 1, 1)
+    spatial = (1, 2, 3)
+    squares_about_mean = channel_squares - 2 * (mean * voxel_sums).sum(spatial) + n * mean.pow(2).sum(spatial)
+    std = (squares_about_mean.clamp_min(0) / (n * mean[0].numel())).sqrt()
+    return mean.float(), (1.0 / std.clamp_min(1e-12)).float().view(-1, 1, 1, 1)
 
 
 def build_model(cfg: TrainConfig, task: Task) -> LesionNet:
@@ -193,7 +195,7 @@ def population_batches(images: torch.Tensor, items: np.ndarray, batch_size: int,
 
 
 @torch.no_grad()
-def validation_logits(model, images, targets, items, val, cfg, device) -> torch.Tensor:
+def validation_logits(model, images, items, val, cfg, device) -> torch.Tensor:
     """Logits on the validation set of a copy of the model whose batch norm is finalised on ≤ 1024 patches."""
     probe = copy.deepcopy(model)
     subset = items[:: max(1, len(items) // 1024)]
@@ -293,9 +295,10 @@ def _train(cfg, task, run_dir, device, checkpoint, show_progress, ctx: distribut
         images, targets = images.to(device), targets.to(device)
     items = oversampled(split["train"], task.targets, cfg.oversample)
     model = build_model(cfg, task)
-    model.mean_image.copy_(mean_training_image(images.cpu(), items, cfg.augment))
+    mean_image, input_scale = input_normalisation(images.cpu(), items, cfg.augment)
+    model.mean_image.copy_(mean_image)
     if cfg.input_norm == "zscore":
-        model.input_scale.copy_(channel_scale(images.cpu(), items, model.mean_image))
+        model.input_scale.copy_(input_scale)
     model.to(device).channels_last()
     optimizer = build_optimizer(model, cfg)
     history: list[dict] = []
@@ -327,7 +330,7 @@ def _train(cfg, task, run_dir, device, checkpoint, show_progress, ctx: distribut
                 continue
             if val_targets is not None:
                 record.update(validation_stats(
-                    validation_logits(model, images, targets, items, split["val"], cfg, device), val_targets))
+                    validation_logits(model, images, items, split["val"], cfg, device), val_targets))
                 if cfg.select != "last" and is_better(record, best and best["record"], cfg.select):
                     best = {"record": record, "state_dict": copy.deepcopy(model.state_dict())}
             history.append(record)
