@@ -153,3 +153,13 @@ def test_an_empty_patch_file_round_trips(tmp_path: Path):
     write_patches(tmp_path / "empty.h5", patches)
     back = read_patches(tmp_path / "empty.h5")
     assert len(back) == 0 and back.images.shape == (0, 3, 5, 5, 5)
+
+
+def test_task_with_channels_equals_loading_those_channels(tmp_path: Path):
+    write_patches(tmp_path / "p.h5", toy_patches(size=5))
+    class_map = ClassMap.parse(PAPER_CLASSES)
+    subset = load_task(tmp_path / "p.h5", ("flair", "qsm", "mask"), class_map).with_channels(("mask", "qsm"))
+    direct = load_task(tmp_path / "p.h5", ("mask", "qsm"), class_map)
+    assert subset.channels == ("mask", "qsm")
+    assert np.array_equal(subset.images, direct.images) and subset.images.flags["C_CONTIGUOUS"]
+    assert np.array_equal(subset.targets, direct.targets)

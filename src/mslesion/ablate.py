@@ -13,7 +13,6 @@ that did not see its patient) and resampled by patient; see mslesion.metrics.
 from __future__ import annotations
 
 import csv
-import dataclasses
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -138,7 +137,7 @@ def ablate(cfg: AblationConfig, show_progress: bool = True, console=None) -> dic
         for run in runs:
             if progress:
                 progress.update(task_id, description=_run_label(run))
-            train_and_evaluate(run, channel_subset(full_task, run.channels))
+            train_and_evaluate(run, full_task.with_channels(run.channels))
             if progress:
                 progress.advance(task_id)
     results = summarise(cfg)
@@ -162,11 +161,6 @@ def grid_progress(enabled: bool, console=None):
     if not enabled:
         return nullcontext(None)
     return Progress(*progress_columns(), console=console)
-
-
-def channel_subset(task: Task, channels: tuple[str, ...]) -> Task:
-    index = [task.channels.index(c) for c in channels]
-    return dataclasses.replace(task, images=np.ascontiguousarray(task.images[:, index]), channels=tuple(channels))
 
 
 def check_finished_run_matches(run: TrainConfig) -> None:

@@ -92,7 +92,7 @@ def train_and_evaluate(cohort: Path, task, channels: str, run_dir: Path, setting
     )
     started = time.perf_counter()
     if not ((run_dir / MODEL).exists() and (run_dir / METRICS).exists()):
-        channel_task = _select_channels(task, cfg.channels)
+        channel_task = task.with_channels(cfg.channels)
         train(cfg, resume=True, task=channel_task)
         evaluate(EvaluateConfig(run=str(run_dir), device=device))
     metrics = read_json(run_dir / METRICS)
@@ -102,14 +102,6 @@ def train_and_evaluate(cohort: Path, task, channels: str, run_dir: Path, setting
         "baseline": metrics["majority_baseline_accuracy"], "seconds": time.perf_counter() - started,
         "paper_accuracy": PAPER_TABLE3.get(channels), "config": to_dict(cfg),
     }
-
-
-def _select_channels(task, channels: tuple[str, ...]):
-    """The same cohort restricted to some channels, without reading the file again."""
-    from dataclasses import replace
-
-    index = [task.channels.index(c) for c in channels]
-    return replace(task, images=task.images[:, index], channels=channels)
 
 
 def results_table(rows: list[dict], settings: DemoSettings) -> Table:

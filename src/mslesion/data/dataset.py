@@ -12,7 +12,7 @@ One file per dataset:
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -123,6 +123,11 @@ class Task:
 
     def __len__(self) -> int:
         return len(self.targets)
+
+    def with_channels(self, channels: tuple[str, ...]) -> Task:
+        """The same lesions restricted to some of the loaded channels, without reading the file again."""
+        index = [self.channels.index(c) for c in channels]
+        return replace(self, images=np.ascontiguousarray(self.images[:, index]), channels=tuple(channels))
 
 
 def write_patches(path: str | Path, patches: PatchSet) -> None:
