@@ -282,3 +282,20 @@ def test_resample_onto_the_reference_grid(tmp_path, monkeypatch, capsys):
     patches = read_patches(tmp_path / "r.h5")
     assert len(patches) == 3  # the lesions are found on the mask's (reference) grid
     assert patches.images[:, 0, 7, 7, 7].min() > 1.3  # the FLAIR hyperintensity survives resampling
+
+
+def test_synth_volumes_voxel_size_and_lesion_rate(tmp_path, monkeypatch, capsys):
+    """--voxel-size keeps the brain's size in mm; --lesions-per-subject sets the mean count; bad values exit 2."""
+    out = tmp_path / "bids"
+    code, text = run_cli(["synth", "--volumes", "2", "--voxel-size", "2", "--lesions-per-subject", "12", "--out", out,
+                          "--labelled-only", "--quiet"], monkeypatch, capsys)
+    assert code == 0, text
+    flair = nib.load(out / "sub-001" / "anat" / "sub-001_FLAIR.nii.gz")
+    assert flair.shape == (48, 56, 48) and np.allclose(flair.header.get_zooms(), 2.0)
+    counts = [len((out / s / "lesions.csv").read_text().splitlines()) - 1 for s in ("sub-001", "sub-002")]
+    assert 0 < sum(counts) <= 2 * 12 * 2  # Poisson around 12 per subject (2-mm voxels fit fewer small ones)
+    for bad in (["--voxel-size", "0"], ["--lesions-per-subject", "-1"]):
+        code, text = run_cli(["synth", "--volumes", "1", "--out", tmp_path / "bad", *bad, "--quiet"], monkeypatch,
+                             capsys)
+        assert code == 2 and len(text.strip().splitlines()) == 1, text
+        assert not (tmp_path / "bad").exists()

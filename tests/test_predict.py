@@ -183,22 +183,25 @@ def nifti_inputs(bids: Path, subject: str) -> list:
     return [x for flag, suffix in files for x in (flag, anat / f"{subject}_{suffix}.nii.gz")]
 
 
+HELD_OUT = 4  # subjects kept out of training in the synthetic round trip
+
+
 @pytest.mark.slow
 def test_round_trip_synth_volumes(tmp_path, monkeypatch, capsys):
-    """synth --volumes → extract recovers every lesion (count, centre, label) → train → predict a held-out subject.
+    """synth --volumes → extract recovers every lesion (count, centre, label) → train on 16 subjects → predict the
+    4 held-out subjects from their NIfTI files, well above chance and exactly as `evaluate` scored them.
 
-    A few CPU epochs do not learn the synthetic cohort's subtle QSM classes (52–71% held-out accuracy against a
-    61% majority class in trials), so the learning claim is tested on hand-made subjects below; here the
-    prediction step must cover every lesion of the held-out subject with the labels extracted for it.
+    Measured with this protocol (seeds 0/1 of data and training): 81–83% held-out accuracy, ROC AUC 0.89–0.91,
+    against a 57–60% majority class; 30 epochs of 640 lesions take ~45 s on 2 CPU cores.
     """
-    pytest.importorskip("mslesion.data.synth_volumes", reason="synthetic whole-subject volumes not available yet")
     bids = tmp_path / "bids"
-    code, text = run_cli(["synth", "--volumes", "3", "--out", bids, "--labelled-only", "--seed", "0"],
-                         monkeypatch, capsys)
+    code, text = run_cli(["synth", "--volumes", "20", "--lesions-per-subject", "40", "--out", bids, "--labelled-only",
+                          "--seed", "0", "--quiet"], monkeypatch, capsys)
     assert code == 0, text
     subjects = sorted(p.name for p in bids.glob("sub-*") if p.is_dir())
-    code, text = run_cli(["extract", bids, "--out", tmp_path / "all.h5", "--min-volume", "0", "--quiet"],
-                         monkeypatch, capsys)
+    assert len(subjects) == 20
+    code, text = run_cli(["extract", bids, "--out", tmp_path / "all.h5", "--min-volume", "0", "--patch-size",
+                          str(PATCH), "--quiet"], monkeypatch, capsys)
     assert code == 0, text
     found = list(csv.DictReader((tmp_path / "all_lesions.csv").open()))
     for subject in subjects:
@@ -212,24 +215,44 @@ def test_round_trip_synth_volumes(tmp_path, monkeypatch, capsys):
         assert len(set(nearest.tolist())) == len(truth)  # one extracted lesion per generated one
         assert distance.min(axis=1).max() <= np.sqrt(3)  # centres within a voxel (1 mm grid)
         assert [int(mine[n]["label"]) for n in nearest] == [int(r["label"]) for r in truth]
-    # Train on the patches of all but the last subject, predict the last one from its NIfTI files.
-    held_out = subjects[-1]
-    train_patches = read_patches(tmp_path / "all.h5")
-    keep = train_patches.patients != held_out
-    write_patches(tmp_path / "train.h5", PatchSet(
-        train_patches.images[keep], train_patches.labels[keep], train_patches.patients[keep],
-        train_patches.lesions[keep], train_patches.channels, train_patches.voxel_size_mm))
-    code, text = run_cli(["train", tmp_path / "train.h5", "--out", tmp_path / "run", "--epochs", "1", "--augment",
-                          "random", "--batch-size", "8", "--channels", "qsm,mask", "--threads", "2", "--quiet"],
+
+    # Train on the first 16 subjects (the last 4 are the file's predefined test split, never trained on).
+    held_out = subjects[-HELD_OUT:]
+    patches = read_patches(tmp_path / "all.h5")
+    split = np.where(np.isin(patches.patients, held_out), "test", "train")
+    write_patches(tmp_path / "split.h5", PatchSet(patches.images, patches.labels, patches.patients, patches.lesions,
+                                                  patches.channels, patches.voxel_size_mm, split=split))
+    code, text = run_cli(["train", tmp_path / "split.h5", "--out", tmp_path / "run", "--split", "predefined",
+                          "--channels", "qsm,mask", "--augment", "random", "--epochs", "30", "--batch-size", "32",
+                          "--lr", "0.001", "--lr-milestones", "15,24", "--threads", "2", "--quiet"],
                          monkeypatch, capsys)
     assert code == 0, text
-    code, text = run_cli(["predict", tmp_path / "run", "--out", tmp_path / "pred", "--min-volume", "0", "--quiet",
-                          *nifti_inputs(bids, held_out)], monkeypatch, capsys)
+
+    manifest = tmp_path / "held_out.csv"
+    manifest.write_text("subject,flair,qsm,mask,phenotype\n" + "".join(
+        ",".join([subject, *map(str, nifti_inputs(bids, subject)[1::2])]) + "\n" for subject in held_out))
+    code, text = run_cli(["predict", tmp_path / "run", manifest, "--out", tmp_path / "pred", "--min-volume", "0",
+                          "--quiet"], monkeypatch, capsys)
     assert code == 0, text
-    predicted = list(csv.DictReader((tmp_path / "pred" / "predictions.csv").open()))
-    extracted = [r for r in found if r["subject"] == held_out]
-    assert [(r["lesion"], r["label"]) for r in predicted] == [(r["lesion"], r["label"]) for r in extracted]
-    assert all(r["predicted"] in ("remyelinating", "demyelinating") for r in predicted)
+    predicted = read_rows(tmp_path / "pred" / "predictions.csv")
+    extracted = [r for r in found if r["subject"] in held_out]
+    key = [(r["subject"], r["lesion"], r["label"]) for r in predicted]
+    assert key == [(r["subject"], r["lesion"], r["label"]) for r in extracted]
+
+    class_map = ClassMap.parse(PAPER_CLASSES)
+    targets = class_map.targets(np.array([int(r["label"]) for r in predicted]))
+    guesses = np.array([class_map.names.index(r["predicted"]) for r in predicted])
+    accuracy = float((guesses == targets).mean())
+    majority = max(float(targets.mean()), 1 - float(targets.mean()))
+    print(f"held-out accuracy {accuracy:.3f} on {len(predicted)} lesions, majority class {majority:.3f}")
+    assert accuracy >= majority + 0.12 and accuracy >= 0.7
+
+    # predict from the NIfTI files and evaluate from the patch file are one code path: same probabilities.
+    scored = {(r["patient"], r["lesion"]): float(r["p_demyelinating"])
+              for r in read_rows(tmp_path / "run" / "predictions.csv")}
+    assert len(scored) == len(predicted)
+    for row in predicted:
+        assert float(row["p_demyelinating"]) == pytest.approx(scored[row["subject"], row["lesion"]], abs=2e-4)
 
 
 def write_cohort_subjects(folder: Path, n_subjects: int, lesions_per_subject: int = 16) -> list:

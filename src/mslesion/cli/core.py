@@ -21,21 +21,43 @@ def synth(
     seed: Annotated[int, typer.Option(help="Random seed; same seed ⇒ identical file contents.")] = 0,
     volumes: Annotated[int, typer.Option(help="Instead of patches, write this many whole-subject NIfTI "
                                               "volumes in a BIDS-style folder at --out.")] = 0,
+    lesions_per_subject: Annotated[float, typer.Option(
+        help="With --volumes: mean lesions per subject (0 = the paper's rate × --lesions-scale).")] = 0.0,
+    voxel_size: Annotated[float, typer.Option(help="With --volumes: isotropic voxel size in mm.")] = 1.0,
+    quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
 ) -> None:
     """Generate the synthetic cohort (physically simulated QSM, FLAIR and lesion masks)."""
     from mslesion.data.synth import SynthConfig, write_cohort
 
     cfg = SynthConfig(patients=patients, lesions_scale=lesions_scale, labelled_only=labelled_only, seed=seed)
     if volumes:
-        from mslesion.data.synth_volumes import generate_subject_volumes
-
-        generate_subject_volumes(cfg, out, volumes)
-        console.print(f"wrote {volumes} subjects to {out}")
+        write_volumes(cfg, out, volumes, lesions_per_subject or None, voxel_size, quiet)
         return
     patches = write_cohort(cfg, out)
     counts = {int(c): int((patches.labels == c).sum()) for c in sorted(set(patches.labels.tolist()))}
     console.print(f"wrote {len(patches)} lesion patches of {len(set(patches.patients))} patients to {out}; "
                   f"per class: {counts}")
+
+
+def write_volumes(cfg, out: Path, n_subjects: int, lesions_per_subject: float | None, voxel_size: float,
+                  quiet: bool) -> None:
+    """`synth --volumes`: whole-subject scans; the brain keeps its size in mm whatever the voxel size."""
+    from mslesion.data.synth_volumes import DEFAULT_SHAPE_MM, generate_subject_volumes
+    from mslesion.errors import InputError
+    from mslesion.progress import progress_bar
+
+    if lesions_per_subject is not None and lesions_per_subject < 0:
+        raise InputError(f"--lesions-per-subject must be >= 0, got {lesions_per_subject}")
+    if not 0.1 <= voxel_size <= 5.0:  # checked here too: the grid below is sized from it
+        raise InputError(f"--voxel-size must be 0.1..5 mm, got {voxel_size}")
+    shape = tuple(max(32, round(size / voxel_size)) for size in DEFAULT_SHAPE_MM)
+    with progress_bar(not quiet) as bars:
+        bar = bars.task("subjects", n_subjects)
+        folders = generate_subject_volumes(cfg, out, n_subjects, shape, voxel_size, lesions_per_subject,
+                                           progress=lambda done, total: bar.advance())
+    lesions = sum(len((folder / "lesions.csv").read_text().splitlines()) - 1 for folder in folders)
+    console.print(f"wrote {n_subjects} subjects ({lesions} lesions, {shape[0]}×{shape[1]}×{shape[2]} voxels of "
+                  f"{voxel_size:g} mm) to {out}")
 
 
 @app.command()

@@ -49,6 +49,7 @@ CHI_WHITE_MATTER = -0.03
 CHI_GREY_MATTER = 0.01
 # FLAIR: fluid suppressed, grey matter a little brighter than white matter.
 FLAIR_WHITE_MATTER, FLAIR_GREY_MATTER, FLAIR_CSF = 1.0, 1.25, 0.15
+DEFAULT_SHAPE_MM = (96.0, 112.0, 96.0)  # field of view of a subject: a small adult brain at 1 mm
 LESION_GAP_VOXELS = 2  # free voxels around every lesion, so that lesions stay separate components
 MIN_LESION_VOXELS = 3
 
@@ -164,7 +165,7 @@ def generate_subject_volumes(
     cfg: SynthConfig,
     out_dir: str | Path,
     n_subjects: int,
-    shape: tuple[int, int, int] = (96, 112, 96),
+    shape: tuple[int, int, int] = (96, 112, 96),  # DEFAULT_SHAPE_MM at 1 mm
     voxel_size_mm: float = 1.0,
     lesions_per_subject: float | None = None,
     progress: Callable[[int, int], None] | None = None,
