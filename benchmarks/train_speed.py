@@ -1,15 +1,18 @@
 """Training and inference speed: naive PyTorch vs mslesion's real path, side by side in one process.
 
-    python benchmarks/train_speed.py                     # batch 128, 3 alternating rounds, 2 threads
+    python benchmarks/train_speed.py                     # batch 128, 3 alternating rounds of 3 steps, 2 threads
     python benchmarks/train_speed.py --rounds 5 --json speed.json
 
 Naive reference: the same architecture as plain modules (BatchNorm3d → ReLU → MaxPool3d), fp32, eager,
 contiguous layout, glibc's default allocator behaviour, one pre-built batch already in memory.
 Ours: mslesion.train.train_epoch on a one-batch epoch plan — the augmentation gather from the data set in
 memory, the fused channels-last net, autocast as `--precision auto` picks it, loss, backward, Adam step.
-The two alternate (ABAB...) so that load from other processes hits both; the ratio of medians is reported.
-Accuracy: both paths train the same short protocol on the same synthetic data and are evaluated on the same
-test split, so that speed is never bought with a worse model.
+Each contender runs in its own fresh Python process, one process per round, and the processes alternate
+(A B C A B C ...) so that load from other jobs hits all of them; the ratio of medians is reported. Separate
+processes matter: the allocator setting is process-wide and memory one contender leaves in the heap changes
+the next one's page faults (in one process the naive step swung between 0.5 and 1.4 s at batch 32). In each
+process a contender runs one untimed call (kernel selection, first-touch of its memory), then `--steps` timed
+ones.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -96,18 +100,41 @@ def our_inference(batch_size: int, precision: str):
     return lambda: predict_logits(model, x, batch_size, "cpu", precision=precision)
 
 
-def alternate(contenders: dict[str, tuple], rounds: int) -> dict[str, list[float]]:
-    """Seconds per call of each contender, interleaved A B C A B C ... after one warm-up call each."""
-    times: dict[str, list[float]] = {name: [] for name in contenders}
-    for r in range(rounds + 1):
-        for name, (fn, fast) in contenders.items():
-            allocator(fast)
-            started = time.perf_counter()
-            fn()
-            if r:
-                times[name].append(time.perf_counter() - started)
-            print(f"  round {r} {name}: {time.perf_counter() - started:.2f} s", file=sys.stderr, flush=True)
-    allocator(False)
+CONTENDERS = {  # name: (factory(batch_size) -> callable, keep freed memory)
+    "naive fp32": (naive_train_step, False),
+    "naive fp32, freed memory kept": (naive_train_step, True),
+    "ours": (lambda b: our_train_step(b, "auto"), True),
+    "naive fp32 inference": (naive_inference, False),
+    "ours fp32 inference": (lambda b: our_inference(b, "fp32"), True),
+    "ours auto inference": (lambda b: our_inference(b, "auto"), True),
+}
+
+
+def worker(name: str, batch_size: int, steps: int) -> list[float]:
+    """In this (fresh) process: build one contender, one untimed call, then `steps` timed calls."""
+    factory, fast = CONTENDERS[name]
+    allocator(fast)
+    fn = factory(batch_size)
+    fn()
+    times = []
+    for _ in range(steps):
+        started = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - started)
+    return times
+
+
+def alternate(names: list[str], rounds: int, steps: int, batch_size: int, threads: int) -> dict[str, list[float]]:
+    """Seconds per call of each contender: per round, one fresh process per contender, in turn."""
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(1, rounds + 1):
+        for name in names:
+            command = [sys.executable, __file__, "--worker", name, "--batch-size", str(batch_size),
+                       "--steps", str(steps), "--threads", str(threads)]
+            result = subprocess.run(command, check=True, capture_output=True, text=True)
+            times[name] += json.loads(result.stdout.strip().splitlines()[-1])
+            print(f"  round {r} {name}: " + " ".join(f"{t:.2f}" for t in times[name][-steps:]) + " s",
+                  file=sys.stderr, flush=True)
     return times
 
 
@@ -166,34 +193,39 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=3, help="timed calls per contender and round")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--accuracy-epochs", type=int, default=6)
     parser.add_argument("--seed", type=int, default=0, help="training seed of the accuracy comparison")
     parser.add_argument("--parts", default="train,inference,tta,accuracy", help="comma-separated subset to run")
     parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument("--worker", choices=sorted(CONTENDERS), help=argparse.SUPPRESS)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     b = args.batch_size
+    if args.worker:
+        print(json.dumps(worker(args.worker, b, args.steps)))
+        return
     precision = "auto"
     print(f"torch {torch.__version__}, {args.threads} threads, batch {b}, autocast on CPU: "
           f"{autocast_dtype(torch.device('cpu'), precision) or 'none (fp32)'}", flush=True)
-    results: dict = {"batch_size": b, "threads": args.threads, "rounds": args.rounds}
+    results: dict = {"batch_size": b, "threads": args.threads, "rounds": args.rounds, "steps": args.steps}
 
     parts = set(args.parts.split(","))
     if "train" in parts:
         print("training step (samples/s, median of rounds)...", flush=True)
-        train_times = alternate({"naive fp32": (naive_train_step(b), False),
-                                 "ours": (our_train_step(b, precision), True)}, args.rounds)
-        results["train"] = throughput(train_times, b)
-        results["train"]["ratio"] = results["train"]["ours"] / results["train"]["naive fp32"]
+        # the middle contender separates the process-wide allocator setting from the rest of our path
+        names = ["naive fp32", "naive fp32, freed memory kept", "ours"]
+        results["train"] = throughput(alternate(names, args.rounds, args.steps, b, args.threads), b)
+        naive = results["train"]["naive fp32"]
+        results["train"]["ratio"] = results["train"]["ours"] / naive
+        results["train"]["ratio naive, freed memory kept"] = results["train"]["naive fp32, freed memory kept"] / naive
     if "inference" in parts:
         print("inference (samples/s)...", flush=True)
-        infer_times = alternate({"naive fp32": (naive_inference(b), False),
-                                 "ours fp32": (our_inference(b, "fp32"), True),
-                                 "ours auto": (our_inference(b, precision), True)}, args.rounds)
-        results["inference"] = throughput(infer_times, b)
-        for name in ("ours fp32", "ours auto"):
-            results["inference"][f"ratio {name}"] = results["inference"][name] / results["inference"]["naive fp32"]
+        names = ["naive fp32 inference", "ours fp32 inference", "ours auto inference"]
+        results["inference"] = throughput(alternate(names, args.rounds, args.steps, b, args.threads), b)
+        for name in names[1:]:
+            results["inference"][f"ratio {name}"] = results["inference"][name] / results["inference"][names[0]]
     if "tta" in parts:
         results["tta_subject_seconds"] = {p: tta_subject(p) for p in ("fp32", precision)}
     if "accuracy" in parts:
