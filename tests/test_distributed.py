@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -133,3 +134,47 @@ def _spawned(rank: int, world: int, port: int, data: str, out: str, log_dir: str
 
     train_module.build_model = build_and_remember
     _worker(rank, world, port, data, out, log_dir)
+
+
+def _resume_worker(rank: int, world: int, port: int, data: str, out: str, stop_before_epoch: int,
+                   resume: bool) -> None:
+    """One rank of a 2-epoch DDP run; with stop_before_epoch, every rank is interrupted before that epoch."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world), RANK=str(rank),
+                      LOCAL_RANK=str(rank))
+    import mslesion.train as train_module
+
+    original_epoch, calls = train_module.train_epoch, [0]
+
+    def interruptible(*args, **kwargs):
+        calls[0] += 1
+        if calls[0] == stop_before_epoch:  # all ranks at the same point: no collective is left waiting
+            raise KeyboardInterrupt
+        return original_epoch(*args, **kwargs)
+
+    train_module.train_epoch = interruptible
+    cfg = TrainConfig(data=data, out=out, channels=("qsm",), augment="random", epochs=2, batch_size=8, seed=3,
+                      threads=1)
+    with contextlib.suppress(KeyboardInterrupt):
+        train_module.train(cfg, resume=resume, show_progress=False)
+
+
+@pytest.mark.slow
+def test_interrupted_ddp_run_resumes_to_the_uninterrupted_result(tmp_path: Path):
+    data = tmp_path / "toy.h5"
+    write_patches(data, toy_patches(n_per_code={2: 8, 3: 6, 5: 6, 6: 4}, size=23))
+
+    def run(out: Path, stop_before_epoch: int, resume: bool) -> None:
+        mp.spawn(_resume_worker, args=(2, _free_port(), str(data), str(out), stop_before_epoch, resume), nprocs=2,
+                 join=True)
+
+    run(tmp_path / "whole", 0, False)
+    run(tmp_path / "cut", 2, False)  # interrupted after epoch 1 on every rank
+    assert json.loads((tmp_path / "cut" / "history.json").read_text())[-1]["epoch"] == 1
+    assert not (tmp_path / "cut" / "model.pt").exists()
+    run(tmp_path / "cut", 0, True)
+    whole, resumed = (torch.load(tmp_path / name / "model.pt", weights_only=True)["state_dict"]
+                      for name in ("whole", "cut"))
+    for key in whole:
+        torch.testing.assert_close(resumed[key], whole[key], rtol=0, atol=0, msg=key)
+    history = json.loads((tmp_path / "cut" / "history.json").read_text())
+    assert [entry["epoch"] for entry in history] == [1, 2]
