@@ -13,6 +13,7 @@ from conftest import toy_patches
 import mslesion.train as train_module
 from mslesion.config import EvaluateConfig, TrainConfig
 from mslesion.data.dataset import write_patches
+from mslesion.errors import InputError
 from mslesion.evaluate import evaluate
 from mslesion.train import epoch_plan, input_normalisation, lr_at, oversampled, train
 from mslesion.transforms import apply_symmetry
@@ -124,8 +125,6 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path: Path, monkeypatch):
 
 
 def test_resume_refuses_changed_settings(tmp_path: Path):
-    from mslesion.errors import InputError
-
     cfg = toy_config(tmp_path, "c", epochs=1)
     train(cfg, show_progress=False)
     with pytest.raises(InputError, match="settings differ.*lr"):
@@ -170,3 +169,40 @@ def test_evaluate_with_abstention_counts_uncertain_lesions(tmp_path: Path):
     assert 0.0 <= abstaining["coverage"] <= 1.0
     with pytest.raises(Exception, match="abstain"):
         EvaluateConfig(run=str(run), abstain=1.5)
+
+
+def test_val_every_validates_only_those_epochs_and_the_last(tmp_path: Path):
+    run = Path(train(toy_config(tmp_path, "v", epochs=5, val_fraction=0.2, select="val_auc", val_every=2),
+                     show_progress=False))
+    history = json.loads((run / "history.json").read_text())
+    assert [h["epoch"] for h in history if "val_auc" in h] == [2, 4, 5]
+    validated = [h for h in history if "val_auc" in h]
+    best = max(validated, key=lambda h: h["val_auc"])  # first of equals, as is_better keeps the earlier
+    model = torch.load(run / "model.pt", weights_only=True)
+    assert model["selected_epoch"] == best["epoch"]
+    with pytest.raises(InputError, match="val-every"):
+        toy_config(tmp_path, "w", val_every=0)
+
+
+def test_resume_accepts_a_checkpoint_older_than_a_setting(tmp_path: Path, monkeypatch):
+    """A checkpoint written before a setting existed resumes when the setting has its default value."""
+    cfg = toy_config(tmp_path, "old", epochs=2)
+    real_epoch, calls = train_module.train_epoch, {"n": 0}
+
+    def interrupted_epoch(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return real_epoch(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "train_epoch", interrupted_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, show_progress=False)
+    monkeypatch.setattr(train_module, "train_epoch", real_epoch)
+    path = Path(cfg.out) / "checkpoint.pt"
+    checkpoint = torch.load(path, weights_only=True)
+    del checkpoint["config"]["val_every"]  # as written by a version without the setting
+    torch.save(checkpoint, path)
+    assert (Path(train(cfg, resume=True, show_progress=False)) / "model.pt").exists()
+    with pytest.raises(InputError, match="val_every"):
+        train(toy_config(tmp_path, "old", epochs=2, val_every=3), resume=True, show_progress=False)

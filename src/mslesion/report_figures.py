@@ -71,10 +71,13 @@ def learning_curves_figure(histories: list[list[dict]], labels: list[str]):
         epochs = [h["epoch"] for h in history]
         line = loss_axis.plot(epochs, [h["loss"] for h in history], marker="o", ms=3, label=f"{label} train")[0]
         accuracy_axis.plot(epochs, [h["accuracy"] for h in history], marker="o", ms=3, color=line.get_color())
-        if history and "val_loss" in history[0]:
-            loss_axis.plot(epochs, [h["val_loss"] for h in history], ls="--", color=line.get_color(),
-                           label=f"{label} validation")
-            accuracy_axis.plot(epochs, [h["val_accuracy"] for h in history], ls="--", color=line.get_color())
+        validated = [h for h in history if "val_loss" in h]  # every epoch, or every --val-every epochs
+        if validated:
+            val_epochs = [h["epoch"] for h in validated]
+            loss_axis.plot(val_epochs, [h["val_loss"] for h in validated], ls="--", marker="x", ms=4,
+                           color=line.get_color(), label=f"{label} validation")
+            accuracy_axis.plot(val_epochs, [h["val_accuracy"] for h in validated], ls="--", marker="x", ms=4,
+                               color=line.get_color())
     from matplotlib.ticker import MaxNLocator
 
     loss_axis.set(xlabel="epoch", ylabel="cross-entropy loss", title="loss (solid: training, dashed: validation)")

@@ -276,9 +276,11 @@ def _load_resume_checkpoint(run_dir: Path, cfg: TrainConfig) -> dict | None:
     if not path.exists():
         return None
     checkpoint = load_torch(path)
-    saved = {k: v for k, v in checkpoint["config"].items() if k not in ("device", "threads", "out")}
-    wanted = {k: v for k, v in to_dict(cfg).items() if k not in ("device", "threads", "out")}
-    changed = sorted(k for k in wanted if saved.get(k) != wanted[k])
+    ignored = ("device", "threads", "out")
+    # a setting newer than the checkpoint had its default value then
+    saved = {**to_dict(TrainConfig()), **checkpoint["config"]}
+    wanted = to_dict(cfg)
+    changed = sorted(k for k in wanted if k not in ignored and saved.get(k) != wanted[k])
     if changed:
         raise InputError(f"cannot resume: settings differ from the checkpoint's ({', '.join(changed)})", path)
     return checkpoint
@@ -328,7 +330,7 @@ def _train(cfg, task, run_dir, device, checkpoint, show_progress, ctx: distribut
                       "samples_per_s": stats["samples"] / seconds}
             if not ctx.is_main:  # the other ranks only train; rank 0 validates and writes
                 continue
-            if val_targets is not None:
+            if val_targets is not None and (epoch % cfg.val_every == 0 or epoch == cfg.epochs):
                 record.update(validation_stats(
                     validation_logits(model, images, items, split["val"], cfg, device), val_targets))
                 if cfg.select != "last" and is_better(record, best and best["record"], cfg.select):

@@ -75,6 +75,7 @@ def train(
     lr_milestones: Annotated[str, typer.Option(help="Epochs at which the rate is multiplied by 0.316.")] = "6,10",
     oversample: Annotated[str, typer.Option(help="Copies per class in training, in class-map order.")] = "2,1",
     val_fraction: Annotated[float, typer.Option(help="Part of the training set held out for validation.")] = 0.0,
+    val_every: Annotated[int, typer.Option(help="Validate every N epochs (and after the last).")] = 1,
     select: Annotated[str, typer.Option(help="Weights kept: last | val_auc | val_accuracy | val_loss.")] = "last",
     cv: Annotated[int, typer.Option(help="Patient-grouped stratified folds (0 = use --split).")] = 0,
     fold: Annotated[int, typer.Option(help="With --cv: the fold used as test set.")] = 0,
@@ -96,7 +97,8 @@ def train(
         augment=augment, input_norm=input_norm, epochs=epochs, batch_size=batch_size, lr=lr,
         lr_milestones=parse_ints(lr_milestones, "--lr-milestones"),
         oversample=parse_ints(oversample, "--oversample"),
-        val_fraction=val_fraction, select=select, cv_folds=cv, fold=fold if cv > 1 else -1, seed=seed,
+        val_fraction=val_fraction, val_every=val_every, select=select, cv_folds=cv, fold=fold if cv > 1 else -1,
+        seed=seed,
         device=device, precision=precision, threads=threads,
     )
     run_dir = run_training(cfg, resume=resume, show_progress=not quiet)
