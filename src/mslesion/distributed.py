@@ -13,6 +13,7 @@ CUDA, gloo on CPU) and wraps the net in DistributedDataParallel. Results semanti
 
 from __future__ import annotations
 
+import gc
 import os
 from dataclasses import dataclass
 
@@ -72,6 +73,9 @@ def setup(device: torch.device) -> tuple[DistContext, torch.device]:
 
 def teardown(ctx: DistContext) -> None:
     if ctx.enabled and dist.is_initialized():
+        # Free the DDP wrapper (its reducer holds gloo work objects) while the interpreter is fully alive:
+        # gloo threads releasing them during interpreter shutdown can abort the process (SIGABRT).
+        gc.collect()
         dist.barrier()
         dist.destroy_process_group()
 
