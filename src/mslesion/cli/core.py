@@ -42,15 +42,13 @@ def synth(
 def write_volumes(cfg, out: Path, n_subjects: int, lesions_per_subject: float | None, voxel_size: float,
                   quiet: bool) -> None:
     """`synth --volumes`: whole-subject scans; the brain keeps its size in mm whatever the voxel size."""
-    from mslesion.data.synth_volumes import DEFAULT_SHAPE_MM, generate_subject_volumes
+    from mslesion.data.synth_volumes import generate_subject_volumes, subject_shape
     from mslesion.errors import InputError
     from mslesion.progress import progress_bar
 
     if lesions_per_subject is not None and lesions_per_subject < 0:
         raise InputError(f"--lesions-per-subject must be >= 0, got {lesions_per_subject}")
-    if not 0.1 <= voxel_size <= 5.0:  # checked here too: the grid below is sized from it
-        raise InputError(f"--voxel-size must be 0.1..5 mm, got {voxel_size}")
-    shape = tuple(max(32, round(size / voxel_size)) for size in DEFAULT_SHAPE_MM)
+    shape = subject_shape(voxel_size)
     with progress_bar(not quiet) as bars:
         bar = bars.task("subjects", n_subjects)
         folders = generate_subject_volumes(cfg, out, n_subjects, shape, voxel_size, lesions_per_subject,
@@ -98,8 +96,7 @@ def train(
         lr_milestones=parse_ints(lr_milestones, "--lr-milestones"),
         oversample=parse_ints(oversample, "--oversample"),
         val_fraction=val_fraction, val_every=val_every, select=select, cv_folds=cv, fold=fold if cv > 1 else -1,
-        seed=seed,
-        device=device, precision=precision, threads=threads,
+        seed=seed, device=device, precision=precision, threads=threads,
     )
     run_dir = run_training(cfg, resume=resume, show_progress=not quiet)
     from mslesion.distributed import is_main_process

@@ -161,11 +161,18 @@ def subject_images(
     return flair, qsm.astype(np.float32)
 
 
+def subject_shape(voxel_size_mm: float) -> tuple[int, int, int]:
+    """The grid of a subject whose field of view is DEFAULT_SHAPE_MM, at this voxel size (>= 32 voxels a side)."""
+    if not 0.1 <= voxel_size_mm <= 5.0:
+        raise InputError(f"voxel size must be 0.1..5 mm, got {voxel_size_mm}")
+    return tuple(max(32, round(size / voxel_size_mm)) for size in DEFAULT_SHAPE_MM)  # type: ignore[return-value]
+
+
 def generate_subject_volumes(
     cfg: SynthConfig,
     out_dir: str | Path,
     n_subjects: int,
-    shape: tuple[int, int, int] = (96, 112, 96),  # DEFAULT_SHAPE_MM at 1 mm
+    shape: tuple[int, int, int] | None = None,
     voxel_size_mm: float = 1.0,
     lesions_per_subject: float | None = None,
     progress: Callable[[int, int], None] | None = None,
@@ -178,10 +185,10 @@ def generate_subject_volumes(
     """
     if n_subjects < 1:
         raise InputError(f"n_subjects must be >= 1, got {n_subjects}")
+    fitting = subject_shape(voxel_size_mm)  # also checks the voxel size
+    shape = fitting if shape is None else shape
     if len(shape) != 3 or min(shape) < 32:
         raise InputError(f"volume shape must be 3 sizes >= 32 voxels, got {shape}")
-    if not 0.1 <= voxel_size_mm <= 5.0:
-        raise InputError(f"voxel_size_mm must be 0.1..5, got {voxel_size_mm}")
     if lesions_per_subject is None:
         counted = sum(TABLE1_COUNTS[c] for c in table1_codes(cfg.labelled_only))
         lesions_per_subject = cfg.lesions_scale * counted / PAPER_PATIENTS
