@@ -1,4 +1,4 @@
-"""Training and inference speed: naive PyTorch vs mslesion's real path, side by side in one process.
+"""Training and inference speed: naive PyTorch vs mslesion's real path, side by side in one run.
 
     python benchmarks/train_speed.py                     # batch 128, 3 alternating rounds of 3 steps, 2 threads
     python benchmarks/train_speed.py --rounds 5 --json speed.json
@@ -13,6 +13,8 @@ processes matter: the allocator setting is process-wide and memory one contender
 the next one's page faults (in one process the naive step swung between 0.5 and 1.4 s at batch 32). In each
 process a contender runs one untimed call (kernel selection, first-touch of its memory), then `--steps` timed
 ones.
+Accuracy: both paths train the same short protocol on the same synthetic data and are evaluated on the same
+test split, so that speed is never bought with a worse model.
 """
 
 from __future__ import annotations
