@@ -80,7 +80,7 @@ def variant_config(dataset: str, variant: str, data: Path, run_dir: Path) -> Tra
 
 def minority_ratio(data: Path) -> int:
     """round(#class 0 / #class 1) on the official training split."""
-    from mslesion.data.dataset import read_patches
+    from mslesion.data.patches import read_patches
 
     patches = read_patches(data)
     train = patches.labels[patches.split == "train"]

@@ -158,7 +158,7 @@ def tta_subject(precision: str) -> float:
 def accuracy_data(path: Path) -> str:
     """A small synthetic cohort (physically simulated QSM/FLAIR, labelled classes only) in 23³ patches,
     so that both paths can train a few epochs in minutes on a shared 2-core machine."""
-    from mslesion.data.synth import SynthConfig, write_cohort
+    from mslesion.data.synth.cohort import SynthConfig, write_cohort
 
     write_cohort(SynthConfig(patients=40, lesions_scale=0.5, labelled_only=True, patch_size=23, seed=0), path)
     return str(path)

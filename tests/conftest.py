@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mslesion.data.dataset import PatchSet, write_patches
+from mslesion.data.patches import PatchSet, write_patches
 
 
 def toy_patches(

@@ -18,7 +18,7 @@ from mslesion.ablate import (
     results_markdown,
     run_folder,
 )
-from mslesion.data.dataset import write_patches
+from mslesion.data.patches import write_patches
 from mslesion.errors import InputError
 from mslesion.runs import CHECKPOINT, METRICS, MODEL
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from conftest import toy_patches
 
-from mslesion.data.dataset import write_patches
+from mslesion.data.patches import write_patches
 
 
 def mslesion(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:

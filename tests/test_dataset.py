@@ -9,8 +9,10 @@ import numpy as np
 import pytest
 from conftest import toy_patches
 
-from mslesion.data.dataset import PAPER_CLASSES, ClassMap, load_task, read_patches, write_patches
+from mslesion.data.patches import read_patches, write_patches
+from mslesion.data.task import ClassMap, load_task
 from mslesion.errors import InputError
+from mslesion.paper import PAPER_CLASSES
 
 
 def test_round_trip_keeps_everything(tmp_path: Path):

@@ -16,7 +16,7 @@ from conftest import toy_patches
 
 from mslesion import distributed
 from mslesion.config import TrainConfig
-from mslesion.data.dataset import write_patches
+from mslesion.data.patches import write_patches
 from mslesion.train import epoch_plan
 
 

@@ -11,7 +11,6 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from mslesion.data.dataset import read_patches
 from mslesion.data.extract import (
     ExtractConfig,
     crop_patch,
@@ -20,6 +19,7 @@ from mslesion.data.extract import (
     run_extract,
     sidecar_paths,
 )
+from mslesion.data.patches import read_patches
 from mslesion.data.subjects import Subject
 from mslesion.errors import InputError
 

@@ -26,7 +26,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from conftest import toy_patches  # noqa: E402
 
-from mslesion.data.dataset import write_patches  # noqa: E402
+from mslesion.data.patches import write_patches  # noqa: E402
 
 PIN = Path(__file__).parent / "data" / "pinned_run.json"
 TRAIN_ARGS = ("--channels", "qsm,mask", "--augment", "random", "--epochs", "2", "--batch-size", "16",

@@ -13,8 +13,10 @@ import torch
 from test_extract import LESIONS, run_cli, write_subject
 
 from mslesion.config import TrainConfig
-from mslesion.data.dataset import PAPER_CLASSES, ClassMap, PatchSet, read_patches, write_patches
+from mslesion.data.patches import PatchSet, read_patches, write_patches
+from mslesion.data.task import ClassMap
 from mslesion.model import LesionNet
+from mslesion.paper import PAPER_CLASSES
 from mslesion.runs import MODEL, model_metadata, save_torch
 
 # The smallest patch the paper's three conv/pool blocks accept; keeps these tests fast.

@@ -16,8 +16,8 @@ from conftest import toy_patches
 from test_extract import run_cli
 
 from mslesion.config import TrainConfig
-from mslesion.data.dataset import read_patches, write_patches
 from mslesion.data.extract import ExtractConfig, extract_subject
+from mslesion.data.patches import read_patches, write_patches
 from mslesion.data.subjects import Subject
 from mslesion.train import train
 

@@ -13,7 +13,7 @@ import pytest
 from conftest import toy_patches
 
 from mslesion.ablate import AblationConfig, ablate, run_folder
-from mslesion.data.dataset import write_patches
+from mslesion.data.patches import write_patches
 from mslesion.errors import InputError
 from mslesion.report import SECTIONS, ReportConfig, write_report
 

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from conftest import toy_patches
 
 from mslesion.config import EvaluateConfig, TrainConfig
-from mslesion.data.dataset import write_patches
+from mslesion.data.patches import write_patches
 from mslesion.evaluate import evaluate
 from mslesion.fast_layers import keep_freed_memory
 from mslesion.model import LesionNet, count_trainable, set_population_batchnorm

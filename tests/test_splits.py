@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from mslesion.data.dataset import PAPER_CLASSES, TABLE1_COUNTS, ClassMap
 from mslesion.data.splits import paper_split, patient_folds, patient_split
+from mslesion.data.task import ClassMap
+from mslesion.paper import PAPER_CLASSES, TABLE1_COUNTS
 
 
 def table1_labels() -> np.ndarray:

@@ -10,20 +10,20 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from mslesion.data import physics
-from mslesion.data.dataset import MS_CHANNELS, TABLE1_COUNTS, read_patches
-from mslesion.data.synth import (
+from mslesion.data.patches import read_patches
+from mslesion.data.synth import physics
+from mslesion.data.synth.cohort import (
     PatientEffects,
     SynthConfig,
     allocate_lesions,
     class_counts,
-    draw_lesion,
     generate_cohort,
-    render_lesion,
     synth_patch,
     write_cohort,
 )
+from mslesion.data.synth.lesions import draw_lesion, render_lesion
 from mslesion.errors import InputError
+from mslesion.paper import MS_CHANNELS, TABLE1_COUNTS
 
 TINY = SynthConfig(patients=3, lesions_scale=0.05, labelled_only=True, seed=5, fov_size=48)
 # A patient without noise, texture, offset or clutter, for the physics checks.
@@ -166,7 +166,7 @@ def test_mean_qsm_orders_hyper_above_wm_above_hypo():
 
 
 def test_prl_rim_more_paramagnetic_than_core():
-    grid = physics.Grid((48, 48, 48), 0.5, (-12.0, -12.0, -12.0))
+    grid = physics.SimulationGrid((48, 48, 48), 0.5, (-12.0, -12.0, -12.0))
     for i in range(5):
         lesion = replace(draw_lesion(np.random.default_rng(i), 3), vein_radius_mm=0.0)  # no central vein
         rendered = render_lesion(lesion, grid)
@@ -188,7 +188,7 @@ def test_rendering_is_grid_independent():
     volumes = []
     for voxel in (0.5, 0.25):
         n = int(round(16 / voxel))
-        rendered = render_lesion(lesion, physics.Grid((n, n, n), voxel, (-8.0, -8.0, -8.0)))
+        rendered = render_lesion(lesion, physics.SimulationGrid((n, n, n), voxel, (-8.0, -8.0, -8.0)))
         volumes.append(rendered.inside.sum() * voxel**3)
     assert volumes[0] == pytest.approx(volumes[1], rel=0.15)
 
@@ -201,7 +201,7 @@ SUBJECT_OPTIONS = {"shape": SUBJECT_SHAPE, "lesions_per_subject": 12}
 
 @pytest.fixture(scope="module")
 def subjects(tmp_path_factory):
-    from mslesion.data.synth_volumes import generate_subject_volumes
+    from mslesion.data.synth.volumes import generate_subject_volumes
 
     out = tmp_path_factory.mktemp("bids")
     folders = generate_subject_volumes(SynthConfig(seed=2), out, 2, **SUBJECT_OPTIONS)
@@ -246,7 +246,7 @@ def test_volumes_lesions_match_table(subjects):
 
 
 def test_volumes_reproducible(subjects, tmp_path):
-    from mslesion.data.synth_volumes import generate_subject_volumes
+    from mslesion.data.synth.volumes import generate_subject_volumes
 
     out, _ = subjects
     again = generate_subject_volumes(SynthConfig(seed=2), tmp_path, 1, **SUBJECT_OPTIONS)

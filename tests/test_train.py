@@ -12,7 +12,7 @@ from conftest import toy_patches
 
 import mslesion.train as train_module
 from mslesion.config import EvaluateConfig, TrainConfig
-from mslesion.data.dataset import write_patches
+from mslesion.data.patches import write_patches
 from mslesion.errors import InputError
 from mslesion.evaluate import evaluate
 from mslesion.train import epoch_plan, input_normalisation, lr_at, oversampled, train

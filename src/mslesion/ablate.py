@@ -21,9 +21,10 @@ import numpy as np
 
 from mslesion.atomic import atomic_path, write_json
 from mslesion.config import TrainConfig, from_dict, to_dict
-from mslesion.data.dataset import PAPER_CLASSES, ClassMap, Task, load_task, parse_channels
+from mslesion.data.task import ClassMap, Task, load_task, parse_channels
 from mslesion.errors import InputError
 from mslesion.metrics import SUMMARY_METRICS, Predictions, paired_comparison, patient_bootstrap
+from mslesion.paper import PAPER_CLASSES
 from mslesion.runs import CHECKPOINT, CONFIG, METRICS, MODEL, PREDICTIONS, read_json
 
 ABLATION_CONFIG = "ablation.json"

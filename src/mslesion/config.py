@@ -7,9 +7,9 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from mslesion.data.dataset import MS_CHANNELS, PAPER_CLASSES
 from mslesion.data.splits import SPLITS
 from mslesion.errors import InputError
+from mslesion.paper import MS_CHANNELS, PAPER_CLASSES
 
 AUGMENT_MODES = ("full", "random", "none")
 

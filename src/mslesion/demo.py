@@ -17,9 +17,10 @@ from rich.table import Table
 
 from mslesion.atomic import atomic_path, write_json
 from mslesion.config import EvaluateConfig, TrainConfig, to_dict
-from mslesion.data.dataset import PAPER_CLASSES, ClassMap, load_task, read_patches
+from mslesion.data.patches import read_patches
+from mslesion.data.task import ClassMap, load_task
 from mslesion.evaluate import evaluate
-from mslesion.paper import PAPER_BASELINE, PAPER_TABLE3
+from mslesion.paper import PAPER_BASELINE, PAPER_CLASSES, PAPER_TABLE3
 from mslesion.runs import METRICS, MODEL, read_json
 from mslesion.train import train
 
@@ -67,7 +68,7 @@ def run_demo(out: Path, full: bool = False, device: str = "cpu", seed: int = 0, 
 
 
 def ensure_cohort(path: Path, settings: DemoSettings, seed: int, console: Console) -> Path:
-    from mslesion.data.synth import SynthConfig, write_cohort
+    from mslesion.data.synth.cohort import SynthConfig, write_cohort
 
     if path.exists():
         read_patches(path, ("qsm",))  # validates an existing cohort before reusing it

@@ -10,7 +10,7 @@ import numpy as np
 
 from mslesion.atomic import atomic_path, write_json
 from mslesion.config import EvaluateConfig
-from mslesion.data.dataset import Task, load_task
+from mslesion.data.task import Task, load_task
 from mslesion.errors import InputError
 from mslesion.inference import predict_probabilities
 from mslesion.metrics import abstention_metrics, classification_metrics

@@ -11,8 +11,7 @@ import torch
 from torch import nn
 
 from mslesion.fast_layers import conv_bn_relu_pool
-
-PAPER_WIDTHS = (64, 64, 128)
+from mslesion.paper import PAPER_WIDTHS
 
 
 def feature_size(patch_size: int, n_blocks: int = 3) -> int:

@@ -1,4 +1,41 @@
-"""Figures of the paper (Šišić, "Neural Network Based Classification of Brain Lesions") we compare against."""
+"""Every number quoted from the paper (Šišić, "Neural Network Based Classification of Brain Lesions").
+
+The rest of the package imports these instead of restating them: the protocol's defaults in `config`, the
+class map in `data.task`, Table 1 in the synthetic cohort, Table 3 in the demo, ablation and reports.
+"""
+
+# Table 1: lesion classes by their QSM appearance (codes as stored in the `label` dataset of a patch file).
+TABLE1_NAMES = {
+    1: "unclassified",
+    2: "isointense",
+    3: "paramagnetic rim (PRL)",
+    4: "hypointense rim",
+    5: "hyperintense",
+    6: "hypointense",
+}
+TABLE1_COUNTS = {1: 3664, 2: 460, 3: 214, 4: 19, 5: 841, 6: 71}
+PAPER_PATIENTS = 115
+# Remyelinating = isointense + hypointense; demyelinating = PRL + hyperintense. Classes 1 and 4 are not trained on.
+PAPER_CLASSES = "remyelinating=2,6;demyelinating=3,5"
+TRAINED_CODES = (2, 3, 5, 6)
+
+# The input: three channels of 35³ patches of 0.65 mm voxels.
+MS_CHANNELS = ("flair", "qsm", "mask")
+PATCH_SIZE = 35
+VOXEL_SIZE_MM = 0.65
+
+# Table 2: feature maps of the three conv → BN → ReLU → pool blocks.
+PAPER_WIDTHS = (64, 64, 128)
+
+# The training protocol: 70/30 split per class, the remyelinating class doubled, Adam with 0.01 → 0.00316 → 0.001
+# at epochs 6 and 10, 15 epochs of mini-batches of 128, every patch in all 48 cube symmetries.
+TRAIN_FRACTION = 0.7
+OVERSAMPLE = (2, 1)
+EPOCHS = 15
+BATCH_SIZE = 128
+LEARNING_RATE = 0.01
+LR_MILESTONES = (6, 10)
+LR_DECAY = 10**-0.5
 
 # Table 3: test accuracy (%) per channel combination, on 160 remyelinating + 318 demyelinating test lesions.
 PAPER_TABLE3 = {
@@ -6,3 +43,5 @@ PAPER_TABLE3 = {
     "flair,mask": 71.01, "qsm,mask": 89.45, "flair,qsm,mask": 89.00,
 }
 PAPER_BASELINE = 66.66
+# The 7 channel combinations of Table 3, in its order: the default channel sets of `ablate` and `demo`.
+CHANNEL_SETS = tuple(PAPER_TABLE3)

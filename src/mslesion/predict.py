@@ -198,7 +198,7 @@ def predict_subjects(cfg: PredictConfig, subjects: list[Subject], show_progress:
 
 def predict_patch_file(cfg: PredictConfig, path: Path, show_progress: bool = True) -> list[dict]:
     """Predict the lesions of a patch file (no maps: the file holds no volumes)."""
-    from mslesion.data.dataset import read_patches
+    from mslesion.data.patches import read_patches
 
     trained = _load(cfg)
     patches = read_patches(path, trained.channels)

@@ -63,7 +63,7 @@ class Evidence:
     """Tasks and models already read, by run index (several sections need the same ones)."""
 
     def task(self, run: int):
-        from mslesion.data.dataset import ClassMap, load_task
+        from mslesion.data.task import ClassMap, load_task
 
         if ("task", run) not in self.loaded:
             config = read_json(self.run_dirs[run] / CONFIG)

@@ -23,7 +23,7 @@ import torch
 
 from mslesion.atomic import atomic_path
 from mslesion.config import TrainConfig, from_dict, to_dict
-from mslesion.data.dataset import ClassMap
+from mslesion.data.task import ClassMap
 from mslesion.errors import InputError
 from mslesion.model import LesionNet
 

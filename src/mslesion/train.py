@@ -22,7 +22,6 @@ from mslesion import distributed
 from mslesion.atomic import write_json
 from mslesion.calibration import fit_temperature
 from mslesion.config import TrainConfig, to_dict
-from mslesion.data.dataset import ClassMap, Task, load_task
 from mslesion.data.splits import (
     carve_validation,
     check_split,
@@ -31,6 +30,7 @@ from mslesion.data.splits import (
     patient_split,
     predefined_split,
 )
+from mslesion.data.task import ClassMap, Task, load_task
 from mslesion.errors import InputError
 from mslesion.fast_layers import keep_freed_memory
 from mslesion.inference import autocast_dtype, predict_logits

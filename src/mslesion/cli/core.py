@@ -8,8 +8,10 @@ from typing import Annotated
 import typer
 
 from mslesion.cli.app import app, console, parse_ints
-from mslesion.data.dataset import PAPER_CLASSES
-from mslesion.paper import PAPER_TABLE3  # noqa: F401  (re-exported for other commands)
+from mslesion.paper import (
+    PAPER_CLASSES,
+    PAPER_TABLE3,  # noqa: F401  (re-exported for other commands)
+)
 
 
 @app.command()
@@ -27,7 +29,7 @@ def synth(
     quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
 ) -> None:
     """Generate the synthetic cohort (physically simulated QSM, FLAIR and lesion masks)."""
-    from mslesion.data.synth import SynthConfig, write_cohort
+    from mslesion.data.synth.cohort import SynthConfig, write_cohort
 
     cfg = SynthConfig(patients=patients, lesions_scale=lesions_scale, labelled_only=labelled_only, seed=seed)
     if volumes:
@@ -42,7 +44,7 @@ def synth(
 def write_volumes(cfg, out: Path, n_subjects: int, lesions_per_subject: float | None, voxel_size: float,
                   quiet: bool) -> None:
     """`synth --volumes`: whole-subject scans; the brain keeps its size in mm whatever the voxel size."""
-    from mslesion.data.synth_volumes import generate_subject_volumes, subject_shape
+    from mslesion.data.synth.volumes import generate_subject_volumes, subject_shape
     from mslesion.errors import InputError
     from mslesion.progress import progress_bar
 
@@ -86,7 +88,7 @@ def train(
 ) -> None:
     """Train the paper's 3D CNN on a patch file and evaluate it on the held-out test split."""
     from mslesion.config import TrainConfig
-    from mslesion.data.dataset import parse_channels
+    from mslesion.data.task import parse_channels
     from mslesion.evaluate import metrics_table
     from mslesion.train import train as run_training
 

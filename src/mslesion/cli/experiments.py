@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from mslesion.cli.app import app, console, parse_ints
-from mslesion.data.dataset import PAPER_CLASSES
+from mslesion.paper import PAPER_CLASSES
 
 DEFAULT_SETS = "flair;qsm;mask;flair,qsm;flair,mask;qsm,mask;flair,qsm,mask"
 

@@ -53,9 +53,9 @@ def extract(
     resample: Resample = False, voxel_size: VoxelSize = "", quiet: Quiet = False,
 ) -> None:
     """Cut one patch per lesion out of NIfTI subjects into a patch file (the format `train` reads)."""
-    from mslesion.data.dataset import parse_channels
     from mslesion.data.extract import ExtractConfig, run_extract, sidecar_paths
     from mslesion.data.subjects import discover
+    from mslesion.data.task import parse_channels
 
     cfg = ExtractConfig(out=str(out), channels=parse_channels(channels) if channels else (), patch_size=patch_size,
                         min_volume_mm3=min_volume, connectivity=connectivity, instances=instances,

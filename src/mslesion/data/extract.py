@@ -20,10 +20,11 @@ from scipy import ndimage
 
 from mslesion.atomic import atomic_path
 from mslesion.config import to_dict
-from mslesion.data.dataset import MS_CHANNELS, PatchSet, write_patches
 from mslesion.data.nifti import Grid, load_aligned
+from mslesion.data.patches import PatchSet, write_patches
 from mslesion.data.subjects import Subject
 from mslesion.errors import InputError
+from mslesion.paper import MS_CHANNELS
 from mslesion.progress import progress_bar
 
 # QSM is stored in ppm; tissue susceptibility differences stay well under 1 ppm in a skull-stripped brain,

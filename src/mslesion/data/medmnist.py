@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mslesion.data.dataset import SPLIT_NAMES, PatchSet, write_patches
+from mslesion.data.patches import SPLIT_NAMES, PatchSet, write_patches
 from mslesion.errors import InputError
 
 # Class names of the MedMNIST 3D sets staged in shared/data/medmnist3d (MedMNIST v2 dataset information).

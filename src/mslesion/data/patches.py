@@ -12,7 +12,7 @@ One file per dataset:
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,19 +23,6 @@ from mslesion.atomic import atomic_path
 from mslesion.errors import InputError
 
 FORMAT_VERSION = 1
-MS_CHANNELS = ("flair", "qsm", "mask")
-
-# The paper's Table 1.
-TABLE1_NAMES = {
-    1: "unclassified",
-    2: "isointense",
-    3: "paramagnetic rim (PRL)",
-    4: "hypointense rim",
-    5: "hyperintense",
-    6: "hypointense",
-}
-TABLE1_COUNTS = {1: 3664, 2: 460, 3: 214, 4: 19, 5: 841, 6: 71}
-PAPER_CLASSES = "remyelinating=2,6;demyelinating=3,5"
 SPLIT_NAMES = ("train", "val", "test")
 
 
@@ -59,75 +46,6 @@ class PatchSet:
     @property
     def patch_shape(self) -> tuple[int, int, int]:
         return tuple(self.images.shape[2:])  # type: ignore[return-value]
-
-
-@dataclass(frozen=True)
-class ClassMap:
-    """Groups label codes into training classes, e.g. remyelinating = {2, 6}, demyelinating = {3, 5}.
-
-    Codes that belong to no group are dropped from training and evaluation (the paper drops 1 and 4).
-    """
-
-    names: tuple[str, ...]
-    codes: tuple[tuple[int, ...], ...]
-
-    @classmethod
-    def parse(cls, spec: str) -> ClassMap:
-        """Parse "name=code,code;name=code" (e.g. "remyelinating=2,6;demyelinating=3,5")."""
-        names, codes = [], []
-        for part in filter(None, (p.strip() for p in spec.split(";"))):
-            name, sep, values = part.partition("=")
-            if not sep or not name.strip():
-                raise InputError(f"class map {spec!r}: expected 'name=code,code;name=code'")
-            try:
-                group = tuple(int(v) for v in values.split(",") if v.strip())
-            except ValueError:
-                raise InputError(f"class map {spec!r}: codes must be integers") from None
-            if not group:
-                raise InputError(f"class map {spec!r}: class {name.strip()!r} has no codes")
-            names.append(name.strip())
-            codes.append(group)
-        if len(names) < 2:
-            raise InputError(f"class map {spec!r}: need at least two classes")
-        flat = [c for g in codes for c in g]
-        if len(set(flat)) != len(flat):
-            raise InputError(f"class map {spec!r}: a code appears in two classes")
-        if len(set(names)) != len(names):
-            raise InputError(f"class map {spec!r}: class names must be distinct")
-        return cls(tuple(names), tuple(codes))
-
-    def spec(self) -> str:
-        return ";".join(f"{n}={','.join(map(str, c))}" for n, c in zip(self.names, self.codes, strict=True))
-
-    def targets(self, labels: np.ndarray) -> np.ndarray:
-        """Class index per sample, -1 where the label belongs to no class."""
-        out = np.full(len(labels), -1, dtype=np.int64)
-        for index, group in enumerate(self.codes):
-            out[np.isin(labels, group)] = index
-        return out
-
-
-@dataclass
-class Task:
-    """A PatchSet reduced to one classification task: chosen channels, mapped classes, unused samples dropped."""
-
-    images: np.ndarray  # float32 [N, C, D, H, W]
-    targets: np.ndarray  # int64 [N] class index
-    labels: np.ndarray  # int64 [N] original codes (the paper split stratifies on these)
-    patients: np.ndarray
-    lesions: np.ndarray
-    channels: tuple[str, ...]
-    class_map: ClassMap
-    split: np.ndarray | None
-    source_path: str
-
-    def __len__(self) -> int:
-        return len(self.targets)
-
-    def with_channels(self, channels: tuple[str, ...]) -> Task:
-        """The same lesions restricted to some of the loaded channels, without reading the file again."""
-        index = [self.channels.index(c) for c in channels]
-        return replace(self, images=np.ascontiguousarray(self.images[:, index]), channels=tuple(channels))
 
 
 def write_patches(path: str | Path, patches: PatchSet) -> None:
@@ -247,37 +165,3 @@ def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-def load_task(path: str | Path, channels: tuple[str, ...], class_map: ClassMap) -> Task:
-    """Read a patch file for training/evaluation: map labels to classes and check every class has samples."""
-    known = {int(c) for g in class_map.codes for c in g} | {0, *TABLE1_NAMES}
-    unknown: list[int] = []
-
-    def in_task(labels: np.ndarray) -> np.ndarray:
-        unknown.extend(sorted(set(np.unique(labels).tolist()) - known))
-        return class_map.targets(labels) >= 0
-
-    patches = read_patches(path, channels, labels_wanted=in_task)
-    if unknown:
-        raise InputError(f"labels {unknown} are neither Table 1 codes nor in the class map '{class_map.spec()}'", path)
-    targets = class_map.targets(patches.labels)
-    for index, name in enumerate(class_map.names):
-        if not np.any(targets == index):
-            raise InputError(f"class '{name}' (codes {list(class_map.codes[index])}) has no samples", path)
-    return Task(
-        images=patches.images,
-        targets=targets,
-        labels=patches.labels,
-        patients=patches.patients,
-        lesions=patches.lesions,
-        channels=patches.channels,
-        class_map=class_map,
-        split=patches.split,
-        source_path=str(path),
-    )
-
-
-def parse_channels(text: str) -> tuple[str, ...]:
-    channels = tuple(c.strip().lower() for c in text.split(",") if c.strip())
-    if not channels:
-        raise InputError(f"no channels in {text!r}")
-    return channels

@@ -1,7 +1,7 @@
 """Synthetic whole-subject scans (BIDS-style NIfTI), for the extraction and prediction features.
 
 Each subject is an ellipsoidal "brain" (grey matter around white matter, two ventricles) holding lesions
-drawn and rendered exactly as in the patch generator (`synth.draw_lesion`, `synth.render_lesion`), and its
+drawn and rendered exactly as in the patch generator (`lesions.draw_lesion`, `lesions.render_lesion`), and its
 QSM is the same dipole forward model and TKD inversion (`physics.simulate_qsm`) applied to the whole
 susceptibility map. Lesions lie in white matter and never touch: at least two voxels separate any two, so
 26-connected components of the mask are exactly the lesions.
@@ -29,20 +29,11 @@ import numpy as np
 from scipy import ndimage
 
 from mslesion.atomic import atomic_path, write_atomic, write_json
-from mslesion.data import physics
-from mslesion.data.dataset import TABLE1_COUNTS
-from mslesion.data.synth import (
-    PAPER_PATIENTS,
-    VEIN_CHI_PPM,
-    PatientEffects,
-    SynthConfig,
-    draw_code,
-    draw_lesion,
-    patient_id,
-    render_lesion,
-    table1_codes,
-)
+from mslesion.data.synth import physics
+from mslesion.data.synth.cohort import PatientEffects, SynthConfig, patient_id
+from mslesion.data.synth.lesions import VEIN_CHI_PPM, draw_code, draw_lesion, render_lesion, table1_codes
 from mslesion.errors import InputError
+from mslesion.paper import PAPER_PATIENTS, TABLE1_COUNTS
 
 # Susceptibility relative to CSF (ppm), typical of 3T QSM (Deistung et al. 2013; Langkammer et al. 2012).
 CHI_WHITE_MATTER = -0.03
@@ -62,7 +53,7 @@ class Anatomy:
 
 
 @dataclass
-class SubjectLesions:
+class PlacedLesions:
     labels: np.ndarray  # int32 lesion id per voxel (0: none)
     chi_ppm: np.ndarray
     flair_excess: np.ndarray
@@ -76,7 +67,7 @@ def volume_affine(shape: tuple[int, int, int], voxel_mm: float) -> np.ndarray:
     return affine
 
 
-def brain_anatomy(grid: physics.Grid, rng: np.random.Generator) -> Anatomy:
+def brain_anatomy(grid: physics.SimulationGrid, rng: np.random.Generator) -> Anatomy:
     """An ellipsoidal brain filling most of the grid, white matter inside, two ventricles near the centre."""
     half = np.asarray(grid.shape) * grid.voxel_mm / 2.0
     x, y, z = grid.open_offsets(None, np.zeros(3))
@@ -93,10 +84,10 @@ def brain_anatomy(grid: physics.Grid, rng: np.random.Generator) -> Anatomy:
 
 
 def place_lesions(
-    cfg: SynthConfig, grid: physics.Grid, anatomy: Anatomy, n_lesions: int, rng: np.random.Generator
-) -> SubjectLesions:
+    cfg: SynthConfig, grid: physics.SimulationGrid, anatomy: Anatomy, n_lesions: int, rng: np.random.Generator
+) -> PlacedLesions:
     """Draw lesions and keep each one that lies in white matter and clears earlier ones by the gap."""
-    placed = SubjectLesions(np.zeros(grid.shape, np.int32), np.zeros(grid.shape, np.float32),
+    placed = PlacedLesions(np.zeros(grid.shape, np.int32), np.zeros(grid.shape, np.float32),
                             np.zeros(grid.shape, np.float32))
     candidates = np.argwhere(ndimage.binary_erosion(anatomy.white_matter, iterations=2))
     gap = ndimage.generate_binary_structure(3, 3)  # 26-connected dilation: a cube around every voxel
@@ -133,7 +124,7 @@ def place_lesions(
 
 
 def subject_images(
-    cfg: SynthConfig, grid: physics.Grid, anatomy: Anatomy, lesions: SubjectLesions,
+    cfg: SynthConfig, grid: physics.SimulationGrid, anatomy: Anatomy, lesions: PlacedLesions,
     patient: PatientEffects, rng: np.random.Generator,
 ) -> tuple[np.ndarray, np.ndarray]:
     """FLAIR and QSM (ppm, zero outside the brain) of one subject."""
@@ -195,7 +186,7 @@ def generate_subject_volumes(
     out_dir = Path(out_dir)
     write_json(out_dir / "dataset_description.json", {
         "Name": "mslesion synthetic cohort", "BIDSVersion": "1.9.0", "DatasetType": "derivative",
-        "GeneratedBy": [{"Name": "mslesion.data.synth_volumes", "Description": cfg.describe()}],
+        "GeneratedBy": [{"Name": "mslesion.data.synth.volumes", "Description": cfg.describe()}],
     })
     folders = []
     for index in range(n_subjects):
@@ -213,7 +204,7 @@ def write_subject(
     rng = np.random.default_rng([cfg.seed, 3, index])
     patient = PatientEffects.draw(np.random.default_rng([cfg.seed, 1, index]), cfg)
     affine = volume_affine(shape, voxel_mm)
-    grid = physics.Grid(shape, voxel_mm, tuple(affine[:3, 3]))
+    grid = physics.SimulationGrid(shape, voxel_mm, tuple(affine[:3, 3]))
     anatomy = brain_anatomy(grid, rng)
     lesions = place_lesions(cfg, grid, anatomy, int(rng.poisson(lesions_per_subject)), rng)
     flair, qsm = subject_images(cfg, grid, anatomy, lesions, patient, rng)

@@ -148,7 +148,7 @@ def rician_magnitude(rng: np.random.Generator, image: np.ndarray, sigma: float) 
 
 
 @dataclass(frozen=True)
-class Grid:
+class SimulationGrid:
     """An isotropic voxel grid: voxel (i, j, k) sits at origin_mm + (i, j, k) * voxel_mm."""
 
     shape: tuple[int, int, int]
