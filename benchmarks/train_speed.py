@@ -32,20 +32,21 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from mslesion import fast_layers
+from mslesion import distributed, runtime
 from mslesion import train as train_module
 from mslesion.config import EvaluateConfig, TrainConfig
 from mslesion.evaluate import evaluate
-from mslesion.inference import autocast_dtype, predict_logits, predict_probabilities
+from mslesion.inference import predict_logits, predict_probabilities
 from mslesion.model import LesionNet
+from mslesion.runtime import autocast_dtype
 
 
 def allocator(fast: bool) -> None:
     """Ours runs with freed memory kept in the heap; the naive reference with glibc's defaults."""
     if fast:
-        fast_layers.keep_freed_memory()
+        runtime.keep_freed_memory()
     else:
-        fast_layers.restore_default_memory()
+        runtime.restore_default_memory()
 
 
 def naive_train_step(batch_size: int):
@@ -72,13 +73,15 @@ def our_train_step(batch_size: int, precision: str):
     model = LesionNet(3, 2, 35).channels_last()
     optimizer = train_module.build_optimizer(model, cfg)
     dtype = autocast_dtype(torch.device("cpu"), precision)
+    # only what an epoch reads: no task, split or run folder (nothing is written)
+    state = train_module.TrainingState(cfg, None, {}, model, model, optimizer, images, targets, np.arange(256),
+                                       torch.device("cpu"), dtype, distributed.DistContext(), Path("."))
     epoch = [0]
 
     def step() -> None:
         epoch[0] += 1  # a fresh shuffled (patch, symmetry) plan each time, cut to one batch
         items, ks = train_module.epoch_plan(np.arange(256), "full", epoch[0], seed=0)
-        plan = (items[:batch_size], ks[:batch_size])
-        train_module.train_epoch(model, optimizer, images, targets, plan, cfg, torch.device("cpu"), dtype)
+        train_module.train_epoch(state, (items[:batch_size], ks[:batch_size]))
 
     return step
 
@@ -158,7 +161,8 @@ def tta_subject(precision: str) -> float:
 def accuracy_data(path: Path) -> str:
     """A small synthetic cohort (physically simulated QSM/FLAIR, labelled classes only) in 23³ patches,
     so that both paths can train a few epochs in minutes on a shared 2-core machine."""
-    from mslesion.data.synth.cohort import SynthConfig, write_cohort
+    from mslesion.config import SynthConfig
+    from mslesion.data.synth import write_cohort
 
     write_cohort(SynthConfig(patients=40, lesions_scale=0.5, labelled_only=True, patch_size=23, seed=0), path)
     return str(path)

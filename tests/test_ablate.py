@@ -3,26 +3,20 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 from pathlib import Path
 
 import pytest
 from conftest import toy_patches
 
-from mslesion.ablate import (
-    ABLATION_PNG,
-    RESULTS_CSV,
-    RESULTS_MD,
-    AblationConfig,
-    ablate,
-    grid,
-    results_markdown,
-    run_folder,
-)
+from mslesion.ablate import ablate, ablation_markdown, grid
+from mslesion.config import AblationConfig, TrainConfig
 from mslesion.data.patches import write_patches
 from mslesion.errors import InputError
-from mslesion.runs import CHECKPOINT, METRICS, MODEL
+from mslesion.runs import ABLATION_PNG, CHECKPOINT, METRICS, MODEL, RESULTS_CSV, RESULTS_MD, run_folder
 
-FAST = dict(augment="none", epochs=2, batch_size=16, lr=0.01, threads=1, n_bootstrap=20)
+FAST = dict(n_bootstrap=20, train=TrainConfig(augment="none", epochs=2, batch_size=16, lr=0.01, threads=1,
+                                              val_fraction=0.15))
 
 
 def test_grid_covers_sets_seeds_and_folds(tmp_path: Path) -> None:
@@ -42,9 +36,12 @@ def test_paper_scheme_is_one_lesion_level_split_per_seed(tmp_path: Path) -> None
 
 
 @pytest.mark.parametrize("bad", [dict(scheme="lesion"), dict(cv_folds=1), dict(seeds=0), dict(channel_sets=()),
-                                 dict(reference="mask"), dict(augment="some"), dict(epochs=0)])
+                                 dict(reference="mask"), dict(channel_sets=("qsm", " , ")),
+                                 dict(train=dict(augment="some")), dict(train=dict(epochs=0))])
 def test_bad_settings_are_input_errors(bad: dict) -> None:
     with pytest.raises(InputError):
+        if "train" in bad:
+            bad = {"train": TrainConfig(**bad["train"])}
         AblationConfig(data="x.h5", **{"channel_sets": ("qsm", "flair"), **bad})
 
 
@@ -53,7 +50,7 @@ def test_results_markdown_shows_cis_and_the_papers_numbers() -> None:
     row = {"channels": "qsm", "n": 40, "majority_baseline": 0.6, "class_names": names}
     for key in ("accuracy", "balanced_accuracy", "roc_auc", "pr_auc", "partial_roc_auc", *(f"tpr_{n}" for n in names)):
         row.update({key: 0.8, f"{key}_low": 0.7, f"{key}_high": 0.9})
-    text = results_markdown({"config": {"scheme": "cv", "cv_folds": 5, "seeds": 1, "n_bootstrap": 1000},
+    text = ablation_markdown({"config": {"scheme": "cv", "cv_folds": 5, "seeds": 1, "n_bootstrap": 1000},
                              "rows": [row], "comparisons": [{"a": "qsm", "b": "flair", "metric": "roc_auc",
                                                              "difference": 0.2, "low": 0.1, "high": 0.3,
                                                              "p_value": 0.01}]})
@@ -92,7 +89,7 @@ def test_ablation_runs_resumes_and_skips(tmp_path: Path) -> None:
     assert (interrupted / MODEL).exists() and "resuming after epoch 2" in (interrupted / "train.log").read_text()
 
     with pytest.raises(InputError, match="other settings"):
-        ablate(AblationConfig(**{**cfg.__dict__, "epochs": 3}), show_progress=False)
+        ablate(dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, epochs=3)), show_progress=False)
 
 
 def test_missing_data_or_unknown_channel_fails_before_any_output(tmp_path: Path) -> None:

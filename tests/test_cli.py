@@ -97,3 +97,40 @@ def test_train_then_evaluate_end_to_end(tmp_path: Path):
     again = mslesion("train", str(tmp_path / "toy.h5"), "--channels", "qsm", "--out", str(run))
     assert_one_line_error(again, "already holds a finished model")
     assert mslesion("evaluate", str(run)).returncode == 0
+
+
+@pytest.mark.parametrize(("command", "config", "renamed"), [
+    ("train", "TrainConfig", {"cv": "cv_folds", "fold": None}),  # --fold counts from 0 once --cv is given
+    ("evaluate", "EvaluateConfig", {}),
+    ("predict", "PredictConfig", {"min_volume": "min_volume_mm3", "voxel_size": "voxel_size_mm"}),
+    ("extract", "ExtractConfig", {"min_volume": "min_volume_mm3", "voxel_size": "voxel_size_mm"}),
+    ("ablate", "AblationConfig", {"cv": "cv_folds", "split": "scheme", "bootstrap": "n_bootstrap"}),
+    ("report", "ReportConfig", {}),
+    ("synth", "SynthConfig", {}),
+])
+def test_command_line_defaults_are_the_config_defaults(command: str, config: str, renamed: dict):
+    import dataclasses
+
+    from typer.main import get_command
+
+    import mslesion.config as configs
+    from mslesion.cli import app
+
+    def settings(cfg) -> dict:  # nested blocks (train, finding) flattened; the outer setting wins
+        inner = [settings(getattr(cfg, f.name)) for f in dataclasses.fields(cfg)
+                 if dataclasses.is_dataclass(getattr(cfg, f.name))]
+        return {**{k: v for block in inner for k, v in block.items()},
+                **{f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)}}
+
+    fields = settings(getattr(configs, config)())
+    checked = 0
+    for param in get_command(app).commands[command].params:
+        name = renamed.get(param.name, param.name)
+        if name not in fields or param.param_type_name == "argument":
+            continue
+        expected = fields[name]
+        if isinstance(expected, tuple):  # channel sets are separated by ';', the channels of one set by ','
+            expected = (";" if name == "channel_sets" else ",").join(map(str, expected))
+        assert param.default == expected or str(param.default) == str(expected), (command, param.name)
+        checked += 1
+    assert checked >= 2

@@ -11,8 +11,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+from mslesion.config import ExtractConfig, LesionFinding
 from mslesion.data.extract import (
-    ExtractConfig,
     crop_patch,
     extract_subject,
     lesion_components,
@@ -71,8 +71,9 @@ def run_cli(args: list[str], monkeypatch, capsys) -> tuple[int, str]:
     return (0 if code is None else int(code)), captured.out + captured.err
 
 
-def cfg(tmp_path: Path, **kw) -> ExtractConfig:
-    return ExtractConfig(out=str(tmp_path / "out" / "patches.h5"), **kw)
+def cfg(tmp_path: Path, patch_size: int = 35, channels: tuple[str, ...] = (), **finding) -> ExtractConfig:
+    return ExtractConfig(out=str(tmp_path / "out" / "patches.h5"), channels=channels, patch_size=patch_size,
+                         finding=LesionFinding(**finding))
 
 
 def test_lesions_centres_labels_and_patches(tmp_path):
@@ -116,7 +117,7 @@ def test_connectivity(connectivity, expected):
     mask = np.zeros((8, 8, 8), np.float32)
     mask[1:3, 1:3, 1:3] = 1
     mask[3:5, 3:5, 1:3] = 1  # touches the first cube along an edge only
-    labelled = lesion_components(mask, ExtractConfig(connectivity=connectivity), Path("m.nii.gz"))
+    labelled = lesion_components(mask, LesionFinding(connectivity=connectivity), Path("m.nii.gz"))
     assert len(np.unique(labelled)) - 1 == expected
 
 

@@ -10,8 +10,8 @@ import pytest
 from typer.testing import CliRunner
 
 from mslesion.cli import app, main
-from mslesion.config import TrainConfig
-from mslesion.data.medmnist import MedMNISTImportConfig, import_medmnist, medmnist_patches, read_npz_splits
+from mslesion.config import MedMNISTImportConfig, TrainConfig
+from mslesion.data.medmnist import import_medmnist, medmnist_patches, read_npz_splits
 from mslesion.data.patches import read_patches
 from mslesion.data.task import ClassMap, load_task
 from mslesion.errors import InputError

@@ -57,7 +57,7 @@ def test_evaluate_reproduces_the_old_metrics_and_predictions(old_run: Path):
 
 def test_predict_on_the_patch_file_and_report(old_run: Path, tmp_path: Path):
     invoke("predict", old_run, RECORDED_DATA, "--out", tmp_path / "pred", "--quiet")
-    with open(tmp_path / "pred" / "predictions.csv", newline="") as f:
+    with open(tmp_path / "pred" / "lesion_predictions.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 42  # every lesion of the file
     by_lesion = {(r["subject"], r["lesion"]): float(r["p_demyelinating"]) for r in rows}

@@ -70,7 +70,7 @@ def test_predict_one_subject_writes_csv_maps_and_summary(tmp_path, monkeypatch, 
     summary = json.loads((out / "sub-1" / "summary.json").read_text())
     assert summary["lesions"] == 3 and summary["n_remyelinating"] + summary["n_demyelinating"] == 3
     assert summary["label_map_values"]["3"] == "uncertain"
-    assert len(read_rows(out / "summary.csv")) == 1 and len(read_rows(out / "predictions.csv")) == 3
+    assert len(read_rows(out / "summary.csv")) == 1 and len(read_rows(out / "lesion_predictions.csv")) == 3
     assert json.loads((out / "predict_config.json").read_text())["patch_size"] == PATCH
 
 
@@ -93,7 +93,7 @@ def test_abstain_and_the_runs_temperature(tmp_path, monkeypatch, capsys):
     cold = make_run(tmp_path / "cold", channels=("flair", "mask"), seed=1, temperature=1.0)
     code, text = run_cli(["predict", cold, "--mask", s.mask, "--flair", s.flair, "--out", tmp_path / "cold_pred",
                           "--quiet"], monkeypatch, capsys)
-    p_hot, p_cold = ([float(r["p_demyelinating"]) for r in read_rows(tmp_path / name / "predictions.csv")]
+    p_hot, p_cold = ([float(r["p_demyelinating"]) for r in read_rows(tmp_path / name / "lesion_predictions.csv")]
                      for name in ("hot_pred", "cold_pred"))
     assert np.allclose(p_hot, 0.5, atol=0.001) and not np.allclose(p_cold, 0.5, atol=0.001)
 
@@ -123,7 +123,7 @@ def test_manifest_gives_a_consolidated_csv(tmp_path, monkeypatch, capsys):
     manifest.write_text(f"subject,flair,mask\nA,{a.flair},{a.mask}\nB,{b.flair},{b.mask}\n")
     code, text = run_cli(["predict", run, manifest, "--out", tmp_path / "p", "--quiet"], monkeypatch, capsys)
     assert code == 0, text
-    rows = read_rows(tmp_path / "p" / "predictions.csv")
+    rows = read_rows(tmp_path / "p" / "lesion_predictions.csv")
     assert [r["subject"] for r in rows] == ["A"] * 3 + ["B"] * 2
     summary = read_rows(tmp_path / "p" / "summary.csv")
     assert [(r["subject"], r["lesions"]) for r in summary] == [("A", "3"), ("B", "2")]
@@ -139,7 +139,7 @@ def test_predict_on_a_patch_file(tmp_path, monkeypatch, capsys):
     write_patches(tmp_path / "x.h5", patches)
     code, text = run_cli(["predict", run, tmp_path / "x.h5", "--out", tmp_path / "p", "--quiet"], monkeypatch, capsys)
     assert code == 0, text
-    rows = read_rows(tmp_path / "p" / "predictions.csv")
+    rows = read_rows(tmp_path / "p" / "lesion_predictions.csv")
     assert [int(r["label"]) for r in rows] == [2, 3, 5, 0]
     assert [r["lesions"] for r in read_rows(tmp_path / "p" / "summary.csv")] == ["2", "2"]
 
@@ -236,7 +236,7 @@ def test_round_trip_synth_volumes(tmp_path, monkeypatch, capsys):
     code, text = run_cli(["predict", tmp_path / "run", manifest, "--out", tmp_path / "pred", "--min-volume", "0",
                           "--quiet"], monkeypatch, capsys)
     assert code == 0, text
-    predicted = read_rows(tmp_path / "pred" / "predictions.csv")
+    predicted = read_rows(tmp_path / "pred" / "lesion_predictions.csv")
     extracted = [r for r in found if r["subject"] in held_out]
     key = [(r["subject"], r["lesion"], r["label"]) for r in predicted]
     assert key == [(r["subject"], r["lesion"], r["label"]) for r in extracted]
@@ -293,7 +293,7 @@ def test_round_trip_on_hand_made_subjects(tmp_path, monkeypatch, capsys):
                           held_out.mask, "--phenotype", held_out.phenotype, "--out", tmp_path / "pred", "--quiet"],
                          monkeypatch, capsys)
     assert code == 0, text
-    rows = read_rows(tmp_path / "pred" / "predictions.csv")
+    rows = read_rows(tmp_path / "pred" / "lesion_predictions.csv")
     class_map = ClassMap.parse(PAPER_CLASSES)
     targets = class_map.targets(np.array([int(r["label"]) for r in rows]))
     guesses = np.array([class_map.names.index(r["predicted"]) for r in rows])

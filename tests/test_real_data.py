@@ -15,8 +15,8 @@ import pytest
 from conftest import toy_patches
 from test_extract import run_cli
 
-from mslesion.config import TrainConfig
-from mslesion.data.extract import ExtractConfig, extract_subject
+from mslesion.config import ExtractConfig, LesionFinding, TrainConfig
+from mslesion.data.extract import extract_subject
 from mslesion.data.patches import read_patches, write_patches
 from mslesion.data.subjects import Subject
 from mslesion.train import train
@@ -60,7 +60,7 @@ def test_extract_finds_the_documented_lesions(name):
 def test_connectivity_26_merges_components():
     s = Subject("m", DATA / "masks_only" / "patient01_lesion_mask.nii.gz")
     six = extract_subject(s, ExtractConfig(), ("mask",))
-    twenty_six = extract_subject(s, ExtractConfig(connectivity=26), ("mask",))
+    twenty_six = extract_subject(s, ExtractConfig(finding=LesionFinding(connectivity=26)), ("mask",))
     assert len(six) > 0 and len(twenty_six) > 0
     # Merging can only join lesions (fewer) or lift small ones over 10 mm³; the total volume never shrinks.
     assert sum(r["voxels"] for r in twenty_six.records) >= sum(r["voxels"] for r in six.records)
@@ -98,7 +98,7 @@ def test_predict_on_real_subjects(flair_mask_run, manifest, tmp_path, monkeypatc
     assert code == 0, text
     summary = {r["subject"]: r for r in csv.DictReader((out / "summary.csv").open())}
     assert {k: int(v["lesions"]) for k, v in summary.items()} == EXPECTED_LESIONS
-    rows = list(csv.DictReader((out / "predictions.csv").open()))
+    rows = list(csv.DictReader((out / "lesion_predictions.csv").open()))
     assert len(rows) == sum(EXPECTED_LESIONS.values())
     mask_img = nib.load(DATA / "patient26" / "lesion_mask.nii.gz")
     label_img = nib.load(out / "patient26" / "patient26_pred-label_dseg.nii.gz")

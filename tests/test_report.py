@@ -12,10 +12,12 @@ import numpy as np
 import pytest
 from conftest import toy_patches
 
-from mslesion.ablate import AblationConfig, ablate, run_folder
+from mslesion.ablate import ablate
+from mslesion.config import AblationConfig, ReportConfig, TrainConfig
 from mslesion.data.patches import write_patches
 from mslesion.errors import InputError
-from mslesion.report import SECTIONS, ReportConfig, write_report
+from mslesion.report import SECTIONS, write_report
+from mslesion.runs import run_folder
 
 
 class Outline(HTMLParser):
@@ -51,7 +53,8 @@ def ablation_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("report")
     write_patches(root / "toy.h5", toy_patches(size=23, n_patients=12))
     cfg = AblationConfig(data=str(root / "toy.h5"), out=str(root / "ablation"), channel_sets=("qsm", "flair,qsm,mask"),
-                         cv_folds=2, augment="none", epochs=2, batch_size=16, threads=1, n_bootstrap=20)
+                         cv_folds=2, n_bootstrap=20,
+                         train=TrainConfig(augment="none", epochs=2, batch_size=16, threads=1, val_fraction=0.15))
     ablate(cfg, show_progress=False)
     return Path(cfg.out)
 
@@ -116,8 +119,8 @@ def test_bad_report_settings(bad: dict) -> None:
 def test_saliency_is_the_input_gradient_of_the_predicted_logit() -> None:
     import torch
 
+    from mslesion.inference import input_saliency
     from mslesion.model import LesionNet
-    from mslesion.report import input_saliency
 
     torch.manual_seed(0)
     model = LesionNet(2, 2, 23).eval()

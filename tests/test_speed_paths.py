@@ -14,8 +14,8 @@ from conftest import toy_patches
 from mslesion.config import EvaluateConfig, TrainConfig
 from mslesion.data.patches import write_patches
 from mslesion.evaluate import evaluate
-from mslesion.fast_layers import keep_freed_memory
 from mslesion.model import LesionNet, count_trainable, set_population_batchnorm
+from mslesion.runtime import keep_freed_memory
 from mslesion.train import train
 from mslesion.transforms import (
     apply_symmetries,

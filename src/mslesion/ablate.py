@@ -14,111 +14,40 @@ from __future__ import annotations
 
 import csv
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from mslesion.atomic import atomic_path, write_json
-from mslesion.config import TrainConfig, from_dict, to_dict
-from mslesion.data.task import ClassMap, Task, load_task, parse_channels
+from mslesion.config import AblationConfig, EvaluateConfig, TrainConfig, canonical_channels, to_dict
+from mslesion.data.task import Task, load_task
 from mslesion.errors import InputError
 from mslesion.metrics import SUMMARY_METRICS, Predictions, paired_comparison, patient_bootstrap
-from mslesion.paper import PAPER_CLASSES
-from mslesion.runs import CHECKPOINT, CONFIG, METRICS, MODEL, PREDICTIONS, read_json
+from mslesion.paper import PAPER_TABLE3
+from mslesion.runs import (
+    ABLATION_PNG,
+    CHECKPOINT,
+    CONFIG,
+    MODEL,
+    PREDICTIONS,
+    RESULTS_CSV,
+    RESULTS_JSON,
+    RESULTS_MD,
+    changed_settings,
+    is_finished_run,
+    read_json,
+    read_predictions,
+    run_folder,
+    write_ablation_config,
+)
 
-ABLATION_CONFIG = "ablation.json"
-RESULTS_CSV, RESULTS_MD, ABLATION_PNG = "results.csv", "results.md", "ablation.png"
-ALL_CHANNEL_SETS = ("flair", "qsm", "mask", "flair,qsm", "flair,mask", "qsm,mask", "flair,qsm,mask")
 COMPARED_METRICS = ("roc_auc", "balanced_accuracy")
-# Settings that may differ between a finished run and the ablation asking for it (they do not change results).
-_IRRELEVANT = ("out", "device", "threads", "data")
-
-
-@dataclass(frozen=True)
-class AblationConfig:
-    """A grid of training runs over channel sets, folds and seeds, and how it is summarised."""
-
-    data: str = ""
-    """Patch file (HDF5)."""
-    out: str = "runs/ablation"
-    """Ablation folder; a rerun with the same folder skips finished runs and resumes interrupted ones."""
-    channel_sets: tuple[str, ...] = ALL_CHANNEL_SETS
-    """Channel combinations, each comma-separated (e.g. 'flair,qsm')."""
-    scheme: str = "cv"
-    """cv: patient-grouped stratified folds; paper: the paper's single lesion-level 70/30 split."""
-    cv_folds: int = 5
-    """Number of patient-grouped folds (scheme cv)."""
-    seeds: int = 1
-    """Repetitions with seeds 0..S-1 (new folds, initialisation and augmentation order each)."""
-    reference: str = ""
-    """Channel set every other set is compared to (paired test); default: the set with most channels."""
-    classes: str = PAPER_CLASSES
-    """Class map 'name=code,code;name=code' (see TrainConfig)."""
-    augment: str = "full"
-    """Training augmentation of every run: full (48 symmetries), random (one per patch) or none."""
-    epochs: int = 15
-    """Epochs per run (the learning-rate milestones of TrainConfig apply)."""
-    batch_size: int = 128
-    """Mini-batch size per run."""
-    lr: float = 0.01
-    """Initial learning rate per run."""
-    val_fraction: float = 0.15
-    """Validation part of each training set (patient-grouped), used to fit the temperature."""
-    oversample: tuple[int, ...] = (2, 1)
-    """Copies of each training patch per class."""
-    device: str = "cpu"
-    """cpu, cuda or cuda:N."""
-    precision: str = "auto"
-    """auto, bf16 or fp32 (see TrainConfig)."""
-    threads: int = 0
-    """CPU threads for torch (0 = torch's default)."""
-    n_bootstrap: int = 1000
-    """Bootstrap resamples (and permutations) for CIs and p-values."""
-
-    def __post_init__(self) -> None:
-        if not self.channel_sets:
-            raise InputError("--channel-sets is empty")
-        if self.scheme not in ("cv", "paper"):
-            raise InputError(f"scheme must be cv or paper, got {self.scheme!r}")
-        if self.scheme == "cv" and self.cv_folds < 2:
-            raise InputError("--cv must be at least 2")
-        if self.seeds < 1 or self.n_bootstrap < 10:
-            raise InputError("--seeds must be ≥ 1 and --bootstrap ≥ 10")
-        if self.reference and canonical(self.reference) not in [canonical(s) for s in self.channel_sets]:
-            raise InputError(f"--reference {self.reference!r} is not one of the channel sets")
-        for channel_set in self.channel_sets:
-            self.train_config(channel_set, 0, 0)  # validates every training setting once, up front
-
-    @property
-    def folds(self) -> int:
-        return self.cv_folds if self.scheme == "cv" else 1
-
-    @property
-    def reference_set(self) -> str:
-        return canonical(self.reference) if self.reference else max(self.channel_sets, key=lambda s: len(s.split(",")))
-
-    def train_config(self, channel_set: str, seed: int, fold: int) -> TrainConfig:
-        cv = self.scheme == "cv"
-        return TrainConfig(
-            data=self.data, out=str(run_folder(Path(self.out), channel_set, seed, fold)),
-            channels=parse_channels(channel_set), classes=self.classes, split="paper" if not cv else "patient",
-            cv_folds=self.cv_folds if cv else 0, fold=fold if cv else -1, augment=self.augment, epochs=self.epochs,
-            batch_size=self.batch_size, lr=self.lr, val_fraction=self.val_fraction, oversample=self.oversample,
-            seed=seed, device=self.device, precision=self.precision, threads=self.threads,
-        )
-
-
-def canonical(channel_set: str) -> str:
-    return ",".join(parse_channels(channel_set))
-
-
-def run_folder(out: Path, channel_set: str, seed: int, fold: int) -> Path:
-    return out / "runs" / canonical(channel_set).replace(",", "+") / f"seed{seed}" / f"fold{fold}"
 
 
 def grid(cfg: AblationConfig) -> list[TrainConfig]:
-    return [cfg.train_config(c, s, f) for c in cfg.channel_sets for s in range(cfg.seeds) for f in range(cfg.folds)]
+    """Every run of the ablation: channel sets × seeds × folds, each in its own run folder."""
+    return [cfg.run_config(c, s, f, str(run_folder(Path(cfg.out), c, s, f)))
+            for c in cfg.channel_sets for s in range(cfg.seeds) for f in range(cfg.folds)]
 
 
 # --- running the grid ---------------------------------------------------------------------------------------
@@ -130,15 +59,15 @@ def ablate(cfg: AblationConfig, show_progress: bool = True, console=None) -> dic
     for run in runs:
         check_finished_run_matches(run)
     wanted = tuple(dict.fromkeys(c for run in runs for c in run.channels))
-    full_task = load_task(cfg.data, wanted, ClassMap.parse(cfg.classes))  # bad data fails before any output
-    write_json(Path(cfg.out) / ABLATION_CONFIG, to_dict(cfg))
+    full_task = load_task(cfg.data, wanted, cfg.train.classes)  # bad data fails before any output
+    write_ablation_config(Path(cfg.out), cfg)
     started = time.perf_counter()
     with grid_progress(show_progress, console) as progress:
         task_id = progress.add_task("ablation", total=len(runs)) if progress else None
         for run in runs:
             if progress:
                 progress.update(task_id, description=_run_label(run))
-            train_and_evaluate(run, full_task.with_channels(run.channels))
+            train_and_evaluate_run(run, full_task.with_channels(run.channels))
             if progress:
                 progress.advance(task_id)
     results = summarise(cfg)
@@ -169,22 +98,20 @@ def check_finished_run_matches(run: TrainConfig) -> None:
     path = Path(run.out) / CONFIG
     if not path.exists():
         return
-    saved = {k: v for k, v in read_json(path).items() if k not in _IRRELEVANT}
-    wanted = {k: v for k, v in to_dict(run).items() if k not in _IRRELEVANT}
-    changed = sorted(k for k in wanted if saved.get(k) != wanted[k])
+    # the data file may be named by another path on a rerun (relative, moved); the grid is the same
+    changed = changed_settings(read_json(path), run, also_neutral=("data",))
     if changed:
         raise InputError(f"this ablation folder was made with other settings ({', '.join(changed)}); "
                          "use another --out", path)
 
 
-def train_and_evaluate(run: TrainConfig, task: Task) -> str:
+def train_and_evaluate_run(run: TrainConfig, task: Task) -> str:
     """Skip a finished run, evaluate a trained one, resume an interrupted one, or train a new one."""
-    from mslesion.config import EvaluateConfig
     from mslesion.evaluate import evaluate
     from mslesion.train import train
 
     run_dir = Path(run.out)
-    if (run_dir / METRICS).exists() and (run_dir / PREDICTIONS).exists() and (run_dir / MODEL).exists():
+    if is_finished_run(run_dir):
         return "skipped"
     status = "evaluated"
     if not (run_dir / MODEL).exists():
@@ -197,32 +124,17 @@ def train_and_evaluate(run: TrainConfig, task: Task) -> str:
 # --- summarising ----------------------------------------------------------------------------------------------
 
 
-def read_predictions(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, tuple[str, ...]]:
-    """(lesion indices, class probabilities [N, K], patients, true class indices, class names) of a predictions.csv."""
-    if not path.exists():
-        raise InputError("no predictions: evaluate the run first (mslesion evaluate), or rerun mslesion ablate", path)
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
-    names = tuple(k[2:] for k in (rows[0].keys() if rows else []) if k.startswith("p_"))
-    index = np.asarray([int(r["index"]) for r in rows], dtype=np.int64)
-    probabilities = np.asarray([[float(r[f"p_{n}"]) for n in names] for r in rows], dtype=float)
-    patients = np.asarray([r["patient"] for r in rows], dtype=object)
-    targets = np.asarray([names.index(r["target"]) for r in rows], dtype=np.int64)
-    return index, probabilities, patients, targets, names
-
-
 def pooled_predictions(cfg: AblationConfig, channel_set: str) -> tuple[list[Predictions], tuple[str, ...]]:
     """Per seed, the test predictions of all folds pooled and sorted by lesion index."""
     sets, names = [], ()
     for seed in range(cfg.seeds):
         parts = [read_predictions(run_folder(Path(cfg.out), channel_set, seed, f) / PREDICTIONS)
                  for f in range(cfg.folds)]
-        index = np.concatenate([p[0] for p in parts])
-        order = np.argsort(index, kind="stable")
-        names = parts[0][4]
-        sets.append(Predictions(np.concatenate([p[3] for p in parts])[order],
-                                np.concatenate([p[1] for p in parts])[order],
-                                np.concatenate([p[2] for p in parts])[order]))
+        order = np.argsort(np.concatenate([p.index for p in parts]), kind="stable")
+        names = parts[0].names
+        sets.append(Predictions(np.concatenate([p.targets for p in parts])[order],
+                                np.concatenate([p.probabilities for p in parts])[order],
+                                np.concatenate([p.patients for p in parts])[order]))
     return sets, names
 
 
@@ -231,12 +143,12 @@ def summarise(cfg: AblationConfig) -> dict:
     rows, pooled = [], {}
     for channel_set in cfg.channel_sets:
         sets, names = pooled_predictions(cfg, channel_set)
-        pooled[canonical(channel_set)] = sets
+        pooled[canonical_channels(channel_set)] = sets
         ci = patient_bootstrap(sets, n_resamples=cfg.n_bootstrap)
         counts = np.bincount(sets[0].targets, minlength=len(names))
-        rows.append({"channels": canonical(channel_set), "runs": cfg.seeds * cfg.folds, "n": int(len(sets[0].targets)),
-                     "majority_baseline": float(counts.max() / counts.sum()), "class_names": list(names),
-                     **_metric_columns(ci, names)})
+        rows.append({"channels": canonical_channels(channel_set), "runs": cfg.seeds * cfg.folds,
+                     "n": int(len(sets[0].targets)), "majority_baseline": float(counts.max() / counts.sum()),
+                     "class_names": list(names), **_metric_columns(ci, names)})
     reference = cfg.reference_set
     comparisons = [
         {"a": channel_set, "b": reference, **paired_comparison(pooled[channel_set], pooled[reference], metric,
@@ -257,17 +169,6 @@ def _metric_columns(ci: dict[str, np.ndarray], names: tuple[str, ...]) -> dict[s
     return columns
 
 
-def load_ablation_config(folder: Path) -> AblationConfig:
-    data = read_json(Path(folder) / ABLATION_CONFIG)
-    return from_dict(AblationConfig, data)
-
-
-def is_ablation(folder: Path) -> bool:
-    return (Path(folder) / ABLATION_CONFIG).exists()
-
-
-
-
 # --- writing the results ----------------------------------------------------------------------------------------
 
 METRIC_LABELS = {"accuracy": "accuracy", "balanced_accuracy": "balanced acc.", "roc_auc": "ROC AUC",
@@ -275,9 +176,9 @@ METRIC_LABELS = {"accuracy": "accuracy", "balanced_accuracy": "balanced acc.", "
 
 
 def write_results(out: Path, results: dict) -> None:
-    write_json(out / "results.json", results)
+    write_json(out / RESULTS_JSON, results)
     write_results_csv(out / RESULTS_CSV, results["rows"])
-    text = results_markdown(results)
+    text = ablation_markdown(results)
     with atomic_path(out / RESULTS_MD) as tmp:
         tmp.write_text(text)
     from mslesion.report_figures import ablation_figure, save_png
@@ -302,10 +203,8 @@ def _ci(row: dict, key: str, percent: bool) -> str:
     return f"{value:.3f} [{low:.3f}, {high:.3f}]"
 
 
-def results_markdown(results: dict) -> str:
+def ablation_markdown(results: dict) -> str:
     """The Table-3-style table (estimate [95% CI]) beside the paper's accuracy, and the paired comparisons."""
-    from mslesion.cli.core import PAPER_TABLE3
-
     cfg, rows = results["config"], results["rows"]
     names = rows[0]["class_names"]
     scheme = (f"{cfg['cv_folds']}-fold patient-grouped CV" if cfg["scheme"] == "cv" else "the paper's 70/30 split")

@@ -1,17 +1,36 @@
-"""One configuration dataclass per command. The resolved config is saved as config.json in every run folder
-and inside every checkpoint, so a run can be understood and repeated from its folder alone."""
+"""Every command's settings: one frozen dataclass per command, composed rather than restated.
+
+Defaults are written once, here (the paper's protocol comes from `paper`), and each setting is validated once,
+in the `__post_init__` of the dataclass that owns it. The CLI reads its defaults and help texts from these
+classes (`cli.app.option`), so a default never stands in two places. The resolved config is saved as JSON in
+every run folder and inside every checkpoint, so a run can be understood and repeated from its folder alone.
+
+Composition: `AblationConfig` holds a `TrainConfig` template from which every run of the grid is derived with
+`dataclasses.replace`; `ExtractConfig` and `PredictConfig` share one `LesionFinding` block. This module imports
+only `paper` and `errors`: every layer may read settings, no setting depends on a layer.
+"""
 
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+import math
+import re
+from dataclasses import dataclass, field
 from typing import Any
 
-from mslesion.data.splits import SPLITS
+from mslesion import paper
 from mslesion.errors import InputError
-from mslesion.paper import MS_CHANNELS, PAPER_CLASSES
 
+SPLITS = ("paper", "patient", "predefined")
 AUGMENT_MODES = ("full", "random", "none")
+INPUT_NORMS = ("zscore", "zerocenter")
+PRECISIONS = ("auto", "bf16", "fp32")
+SELECTIONS = ("last", "val_auc", "val_accuracy", "val_loss")
+ABLATION_SCHEMES = ("cv", "paper")
+_NAME_PATTERN = re.compile(r"^[A-Za-z0-9_.+-]+$")
+
+
+# --- JSON round trip -------------------------------------------------------------------------------------------
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:
@@ -19,19 +38,75 @@ def to_dict(cfg: Any) -> dict[str, Any]:
 
 
 def _plain(value: Any) -> Any:
+    if dataclasses.is_dataclass(value):
+        return to_dict(value)
     if isinstance(value, tuple):
         return [_plain(v) for v in value]
     return value
 
 
 def from_dict(cls: type, data: dict[str, Any]):
-    """Rebuild a config from JSON, tolerating fields added or removed since it was written."""
-    names = {f.name: f for f in dataclasses.fields(cls)}
-    kwargs = {}
-    for key, value in data.items():
-        if key in names:
-            kwargs[key] = tuple(value) if isinstance(value, list) else value
+    """Rebuild a config from JSON, tolerating fields added or removed since it was written.
+
+    A nested block missing from older (flat) files is gathered from the top-level keys it now owns: an
+    ablation.json of version 1 held the training settings beside the grid's.
+    """
+    kwargs: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        nested = _dataclass_type(f)
+        if nested is not None:
+            block = data.get(f.name) if isinstance(data.get(f.name), dict) else _flat_block(nested, data, cls)
+            kwargs[f.name] = from_dict(nested, {**_template_defaults(f), **block})
+        elif f.name in data:
+            value = data[f.name]
+            kwargs[f.name] = tuple(value) if isinstance(value, list) else value
     return cls(**kwargs)
+
+
+def _dataclass_type(f: dataclasses.Field) -> type | None:
+    kind = globals().get(f.type) if isinstance(f.type, str) else f.type
+    return kind if isinstance(kind, type) and dataclasses.is_dataclass(kind) else None
+
+
+def _flat_block(nested: type, data: dict[str, Any], owner: type) -> dict[str, Any]:
+    own = {f.name for f in dataclasses.fields(owner)}
+    return {f.name: data[f.name] for f in dataclasses.fields(nested) if f.name in data and f.name not in own}
+
+
+def _template_defaults(f: dataclasses.Field) -> dict[str, Any]:
+    if f.default_factory is dataclasses.MISSING:  # type: ignore[misc]
+        return {}
+    return to_dict(f.default_factory())  # type: ignore[misc]
+
+
+# --- parsing and checks shared by several settings -----------------------------------------------------------
+
+
+def parse_channels(text: str) -> tuple[str, ...]:
+    channels = tuple(c.strip().lower() for c in text.split(",") if c.strip())
+    if not channels:
+        raise InputError(f"no channels in {text!r}")
+    return channels
+
+
+def canonical_channels(channel_set: str) -> str:
+    return ",".join(parse_channels(channel_set))
+
+
+def _require(ok: bool, problem: str) -> None:
+    if not ok:
+        raise InputError(problem)
+
+
+def _choice(flag: str, value: str, allowed: tuple[str, ...]) -> None:
+    _require(value in allowed, f"{flag} must be one of {', '.join(allowed)}, got {value!r}")
+
+
+def _abstain(value: float) -> None:
+    _require(0 <= value < 1, f"--abstain must be in [0, 1), got {value}")
+
+
+# --- train and evaluate ----------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -43,13 +118,14 @@ class TrainConfig:
     report find it from any working directory."""
     out: str = "runs/train"
     """Run folder: config, checkpoints, split, history and metrics go here."""
-    channels: tuple[str, ...] = MS_CHANNELS
+    channels: tuple[str, ...] = paper.MS_CHANNELS
     """Input channels, in order (names stored in the file)."""
-    classes: str = PAPER_CLASSES
-    """Class map: 'name=code,code;name=code'. Codes outside it are not trained on."""
+    classes: str = paper.PAPER_CLASSES
+    """Class map 'name=code,code;name=code'. Codes outside it are not trained on."""
     split: str = "paper"
     """paper (per-class 70/30 over lesions), patient (grouped by patient) or predefined (the file's split)."""
-    train_fraction: float = 0.7
+    train_fraction: float = paper.TRAIN_FRACTION
+    """Part of the lesions (paper split) or patients (patient split) that is trained on."""
     val_fraction: float = 0.0
     """Part of the training set held out for validation (temperature scaling, model selection)."""
     select: str = "last"
@@ -61,6 +137,7 @@ class TrainConfig:
     fold: int = -1
     """With cv_folds > 1: which patient-grouped fold is the test set."""
     cv_folds: int = 0
+    """Patient-grouped stratified folds (0 = use the split)."""
     input_norm: str = "zscore"
     """zscore: subtract the mean training image and divide each channel by its standard deviation (MATLAB's
     'zscore'); zerocenter: subtract only (the paper's). With zerocenter, channels in different units (QSM in
@@ -69,60 +146,315 @@ class TrainConfig:
     scaling is the default")."""
     augment: str = "full"
     """full: all 48 cube symmetries of every patch every epoch (the paper); random: one per patch; none."""
-    oversample: tuple[int, ...] = (2, 1)
-    """Copies of each training patch per class (the paper doubles the remyelinating class)."""
-    epochs: int = 15
-    batch_size: int = 128
-    lr: float = 0.01
-    lr_milestones: tuple[int, ...] = (6, 10)
+    oversample: tuple[int, ...] = paper.OVERSAMPLE
+    """Copies of each training patch per class, in class-map order (the paper doubles the remyelinating class)."""
+    epochs: int = paper.EPOCHS
+    """Training epochs."""
+    batch_size: int = paper.BATCH_SIZE
+    """Mini-batch size."""
+    lr: float = paper.LEARNING_RATE
+    """Initial learning rate (Adam)."""
+    lr_milestones: tuple[int, ...] = paper.LR_MILESTONES
     """Epochs (1-based) at which the learning rate is multiplied by lr_decay: 0.01 → 0.00316 → 0.001."""
-    lr_decay: float = 10**-0.5
+    lr_decay: float = paper.LR_DECAY
+    """Factor applied to the learning rate at each milestone."""
     weight_decay: float = 1e-4
     """L2 regularisation on weights (MATLAB's default), not on biases or batch-norm parameters."""
     seed: int = 0
+    """Random seed: same seed and data ⇒ same split, initialisation, augmentation order and metrics on CPU."""
     device: str = "cpu"
+    """cpu, cuda or cuda:N."""
     precision: str = "auto"
     """auto (bf16 autocast where it is faster: CUDA, or a CPU with bf16 support), bf16 or fp32."""
     threads: int = 0
     """CPU threads for torch (0 = torch's default)."""
 
     def __post_init__(self) -> None:
-        if self.split not in SPLITS:
-            raise InputError(f"--split must be one of {', '.join(SPLITS)}, got {self.split!r}")
-        if self.augment not in AUGMENT_MODES:
-            raise InputError(f"--augment must be one of {', '.join(AUGMENT_MODES)}, got {self.augment!r}")
-        if self.epochs < 1 or self.batch_size < 1:
-            raise InputError("--epochs and --batch-size must be at least 1")
-        if not 0 < self.train_fraction < 1 or not 0 <= self.val_fraction < 1:
-            raise InputError("--train-fraction must be in (0, 1) and --val-fraction in [0, 1)")
-        if self.val_every < 1:
-            raise InputError(f"--val-every must be at least 1, got {self.val_every}")
-        if self.lr <= 0:
-            raise InputError("--lr must be positive")
-        if self.input_norm not in ("zscore", "zerocenter"):
-            raise InputError(f"--input-norm must be zscore or zerocenter, got {self.input_norm!r}")
-        if self.precision not in ("auto", "bf16", "fp32"):
-            raise InputError(f"--precision must be auto, bf16 or fp32, got {self.precision!r}")
-        if not self.channels:
-            raise InputError("--channels is empty")
-        if self.select not in ("last", "val_auc", "val_accuracy", "val_loss"):
-            raise InputError(f"--select must be last, val_auc, val_accuracy or val_loss, got {self.select!r}")
-        if self.cv_folds > 1 and not 0 <= self.fold < self.cv_folds:
-            raise InputError(f"--fold must be in [0, {self.cv_folds}) with --cv {self.cv_folds}")
+        _choice("--split", self.split, SPLITS)
+        _choice("--augment", self.augment, AUGMENT_MODES)
+        _choice("--input-norm", self.input_norm, INPUT_NORMS)
+        _choice("--precision", self.precision, PRECISIONS)
+        _choice("--select", self.select, SELECTIONS)
+        _require(self.epochs >= 1 and self.batch_size >= 1, "--epochs and --batch-size must be at least 1")
+        _require(0 < self.train_fraction < 1 and 0 <= self.val_fraction < 1,
+                 "--train-fraction must be in (0, 1) and --val-fraction in [0, 1)")
+        _require(self.val_every >= 1, f"--val-every must be at least 1, got {self.val_every}")
+        _require(self.lr > 0, "--lr must be positive")
+        _require(bool(self.channels), "--channels is empty")
+        if self.cv_folds > 1:
+            _require(0 <= self.fold < self.cv_folds,
+                     f"--fold must be in [0, {self.cv_folds}) with --cv {self.cv_folds}")
 
 
 @dataclass(frozen=True)
 class EvaluateConfig:
+    """Evaluation of a trained run (`mslesion evaluate`)."""
+
     run: str = ""
     """Run folder written by `mslesion train`."""
     data: str = ""
     """Patch file to evaluate on; default: the run's own data and its test split."""
     batch_size: int = 256
+    """Lesions per forward pass."""
     device: str = "cpu"
+    """cpu, cuda or cuda:N."""
     abstain: float = 0.0
     """Confidence below which a prediction counts as 'uncertain' (0 = never): adds coverage and accuracy on
     the covered lesions to the metrics."""
 
     def __post_init__(self) -> None:
-        if not 0 <= self.abstain < 1:
-            raise InputError(f"--abstain must be in [0, 1), got {self.abstain}")
+        _abstain(self.abstain)
+        _require(self.batch_size >= 1, "--batch-size must be at least 1")
+
+
+# --- experiments -------------------------------------------------------------------------------------------------
+
+
+def _ablation_template() -> TrainConfig:
+    # each run holds out part of its training patients to fit the temperature the CIs' calibration uses
+    return TrainConfig(val_fraction=0.15)
+
+
+@dataclass(frozen=True)
+class AblationConfig:
+    """A grid of training runs over channel sets, folds and seeds, and how it is summarised."""
+
+    data: str = ""
+    """Patch file (HDF5)."""
+    out: str = "runs/ablation"
+    """Ablation folder; a rerun with the same folder skips finished runs and resumes interrupted ones."""
+    channel_sets: tuple[str, ...] = paper.CHANNEL_SETS
+    """Channel combinations, each comma-separated (e.g. 'flair,qsm')."""
+    scheme: str = "cv"
+    """cv: patient-grouped stratified folds; paper: the paper's single lesion-level 70/30 split."""
+    cv_folds: int = 5
+    """Number of patient-grouped folds (scheme cv)."""
+    seeds: int = 1
+    """Repetitions with seeds 0..S-1 (new folds, initialisation and augmentation order each)."""
+    reference: str = ""
+    """Channel set every other set is compared to (paired test); default: the set with most channels."""
+    n_bootstrap: int = 1000
+    """Bootstrap resamples (and permutations) for CIs and p-values."""
+    train: TrainConfig = field(default_factory=_ablation_template)
+    """The training settings every run shares; its data, out, channels, split, folds and seed are set per run."""
+
+    def __post_init__(self) -> None:
+        _require(bool(self.channel_sets), "--channel-sets is empty")
+        _choice("--split", self.scheme, ABLATION_SCHEMES)
+        _require(self.scheme != "cv" or self.cv_folds >= 2, "--cv must be at least 2")
+        _require(self.seeds >= 1 and self.n_bootstrap >= 10, "--seeds must be ≥ 1 and --bootstrap ≥ 10")
+        sets = [canonical_channels(s) for s in self.channel_sets]
+        _require(not self.reference or canonical_channels(self.reference) in sets,
+                 f"--reference {self.reference!r} is not one of the channel sets")
+
+    @property
+    def folds(self) -> int:
+        return self.cv_folds if self.scheme == "cv" else 1
+
+    @property
+    def reference_set(self) -> str:
+        if self.reference:
+            return canonical_channels(self.reference)
+        return canonical_channels(max(self.channel_sets, key=lambda s: len(s.split(","))))
+
+    def run_config(self, channel_set: str, seed: int, fold: int, out: str) -> TrainConfig:
+        """One run of the grid: the template with this run's data, folder, channels, split and seed."""
+        cv = self.scheme == "cv"
+        return dataclasses.replace(
+            self.train, data=self.data, out=out, channels=parse_channels(channel_set),
+            split="patient" if cv else "paper", cv_folds=self.cv_folds if cv else 0, fold=fold if cv else -1,
+            seed=seed,
+        )
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    """`mslesion demo`: the paper's study end to end on the synthetic cohort."""
+
+    out: str = "demo_runs"
+    """Folder for the cohort and the runs (quick/ and full/ below it)."""
+    full: bool = False
+    """The paper protocol: full cohort, 48 symmetries, 15 epochs (hours on a CPU; minutes on a GPU)."""
+    device: str = "cpu"
+    """cpu, cuda or cuda:N."""
+    seed: int = 0
+    """Seed of the cohort and of every run."""
+    channel_sets: tuple[str, ...] = paper.CHANNEL_SETS
+    """The channel combinations trained, Table 3's by default."""
+
+
+@dataclass(frozen=True)
+class ReportConfig:
+    """`mslesion report`: one self-contained HTML file for a run or an ablation folder."""
+
+    folder: str = ""
+    """Run folder (mslesion train) or ablation folder (mslesion ablate)."""
+    out: str = "report.html"
+    """HTML file to write (self-contained: images embedded)."""
+    abstain: float = 0.0
+    """Predictions whose top probability is below this are 'uncertain' (0 = no abstention)."""
+    examples: int = 4
+    """Lesions per montage row, and saliency maps shown."""
+
+    def __post_init__(self) -> None:
+        _abstain(self.abstain)
+        _require(1 <= self.examples <= 12, f"--examples must be in [1, 12], got {self.examples}")
+
+
+# --- the synthetic cohort ----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SynthConfig:
+    """Parameters of the synthetic cohort (saved in the output file's attributes)."""
+
+    patients: int = paper.PAPER_PATIENTS
+    """Number of synthetic patients (ids sub-001, sub-002, ...)."""
+    lesions_scale: float = 1.0
+    """Lesions per patient relative to the paper: 1.0 with 115 patients gives Table 1's counts (≈ 5,269)."""
+    labelled_only: bool = False
+    """Skip classes 1 and 4: the paper does not train on them and they are most of the generation time."""
+    patch_size: int = paper.PATCH_SIZE
+    """Patch edge in voxels (the paper's 35)."""
+    voxel_size_mm: float = paper.VOXEL_SIZE_MM
+    """Isotropic voxel size in mm."""
+    seed: int = 0
+    """Random seed: the same seed and parameters give bit-identical files."""
+    fov_size: int = 64
+    """Edge (voxels) of the field of view simulated around each patch, for the dipole convolution."""
+    qsm_noise: float = 1.0
+    """Multiplier on every patient's field noise (0: noiseless field; QSM still has TKD artefacts)."""
+    neighbours_per_patch: float = 0.5
+    """Mean number of other lesions near each lesion (they appear in FLAIR and QSM, not in the mask)."""
+    veins_per_patch: float = 1.0
+    """Mean number of veins crossing each patch (paramagnetic on QSM), besides central veins."""
+
+    def __post_init__(self) -> None:
+        checks = (
+            (isinstance(self.patients, int) and self.patients >= 1, f"patients >= 1, got {self.patients}"),
+            (math.isfinite(self.lesions_scale) and self.lesions_scale > 0,
+             f"lesions_scale must be > 0, got {self.lesions_scale}"),
+            (isinstance(self.patch_size, int) and 9 <= self.patch_size <= 128,
+             f"patch_size must be 9..128 voxels, got {self.patch_size}"),
+            (isinstance(self.fov_size, int) and self.patch_size <= self.fov_size <= 256,
+             f"fov_size must be patch_size..256 voxels, got {self.fov_size}"),
+            (0.1 <= self.voxel_size_mm <= 5.0, f"voxel_size_mm must be 0.1..5, got {self.voxel_size_mm}"),
+            (isinstance(self.seed, int) and self.seed >= 0, f"seed must be an integer >= 0, got {self.seed}"),
+            *((math.isfinite(getattr(self, name)) and getattr(self, name) >= 0,
+               f"{name} must be >= 0, got {getattr(self, name)}")
+              for name in ("qsm_noise", "neighbours_per_patch", "veins_per_patch")),
+        )
+        for ok, problem in checks:
+            _require(ok, f"synthetic cohort: {problem}")
+
+
+# --- scans: extract and predict ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LesionFinding:
+    """How lesions are found in a mask; shared by extract and predict, so both cut the same lesions."""
+
+    min_volume_mm3: float = 10.0
+    """Lesions (components) smaller than this are dropped."""
+    connectivity: int = 6
+    """6 (faces) or 26 (faces, edges and corners) for connected components of a binary mask."""
+    instances: bool = False
+    """The mask is an instance map (one integer id per lesion) instead of a binary mask."""
+    resample: bool = False
+    """Resample images that are not on the reference grid (QSM, else FLAIR, else mask) instead of failing."""
+    voxel_size_mm: tuple[float, ...] = ()
+    """Resample every subject to this voxel size (3 values, or 1 for isotropic); empty = keep the grid."""
+
+    def __post_init__(self) -> None:
+        _require(self.min_volume_mm3 >= 0, f"--min-volume must be ≥ 0, got {self.min_volume_mm3}")
+        _require(self.connectivity in (6, 26), f"--connectivity must be 6 or 26, got {self.connectivity}")
+        _require(len(self.voxel_size_mm) in (0, 1, 3) and all(v > 0 for v in self.voxel_size_mm),
+                 f"--voxel-size must be 1 or 3 positive numbers, got {self.voxel_size_mm}")
+
+    @property
+    def target_voxel_size(self) -> tuple[float, float, float] | None:
+        if not self.voxel_size_mm:
+            return None
+        v = self.voxel_size_mm
+        return (v[0], v[0], v[0]) if len(v) == 1 else (v[0], v[1], v[2])
+
+
+@dataclass(frozen=True)
+class ExtractConfig:
+    """Extraction of lesion patches from NIfTI subjects (`mslesion extract`)."""
+
+    out: str = "patches.h5"
+    """Patch file to write; the per-lesion CSV and this config (JSON) are written beside it."""
+    channels: tuple[str, ...] = ()
+    """Channels to extract, in order (flair, qsm, mask); empty = those every subject has."""
+    patch_size: int = paper.PATCH_SIZE
+    """Edge of the cubic patch in voxels (the paper: 35)."""
+    finding: LesionFinding = field(default_factory=LesionFinding)
+    """How lesions are found (minimum volume, connectivity, instances, resampling)."""
+
+    def __post_init__(self) -> None:
+        _require(self.patch_size >= 1, f"--patch-size must be positive, got {self.patch_size}")
+        unknown = [c for c in self.channels if c not in paper.MS_CHANNELS]
+        _require(not unknown and len(set(self.channels)) == len(self.channels),
+                 f"--channels must be distinct names among {', '.join(paper.MS_CHANNELS)}, "
+                 f"got {','.join(self.channels)}")
+
+
+@dataclass(frozen=True)
+class PredictConfig:
+    """Prediction with a trained run on NIfTI subjects or a patch file (`mslesion predict`)."""
+
+    run: str = ""
+    """Run folder written by `mslesion train` (its model.pt, channels, classes and temperature are used)."""
+    out: str = "predictions"
+    """Output folder (created; files of the same name in it are replaced)."""
+    tta: bool = False
+    """Average over the 48 cube symmetries and report their spread (48× the compute)."""
+    abstain: float = 0.0
+    """Report a lesion as 'uncertain' when its highest class probability is below this (0 = never)."""
+    batch_size: int = 8
+    """Lesions per forward pass; small batches keep the 35³ feature maps in cache (faster on CPU)."""
+    device: str = "cpu"
+    """cpu, cuda or cuda:N."""
+    precision: str = "fp32"
+    """fp32, or bf16/auto for faster CPU/GPU inference with slightly different probabilities."""
+    threads: int = 0
+    """CPU threads for torch (0 = torch's default)."""
+    finding: LesionFinding = field(default_factory=LesionFinding)
+    """How lesions are found: as in extract."""
+
+    def __post_init__(self) -> None:
+        _abstain(self.abstain)
+        _require(self.batch_size >= 1, "--batch-size must be at least 1")
+        _choice("--precision", self.precision, PRECISIONS)
+
+    def extract_config(self, patch_size: int, channels: tuple[str, ...]) -> ExtractConfig:
+        """The extraction that cuts this run's patches: its channels and patch size, this lesion finding."""
+        return ExtractConfig(out="", channels=channels, patch_size=patch_size, finding=self.finding)
+
+
+# --- imports ---------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MedMNISTImportConfig:
+    """Import of a MedMNIST-3D-style npz into an HDF5 patch file (`mslesion import-medmnist`)."""
+
+    source: str = ""
+    """The npz file (keys train_/val_/test_ images and labels)."""
+    out: str = ""
+    """HDF5 patch file to write (atomically)."""
+    channel_name: str = "image"
+    """Name of the one image channel (e.g. ct, mra); pass it to `train --channels`."""
+    class_names: tuple[str, ...] = ()
+    """Names of classes 0..K-1 in label order; default: known MedMNIST names, else class0, class1, ..."""
+
+    def __post_init__(self) -> None:
+        _require(bool(_NAME_PATTERN.match(self.channel_name)),
+                 f"--channel-name {self.channel_name!r}: use letters, digits, '_', '-', '.', '+'")
+        for name in self.class_names:
+            _require(bool(_NAME_PATTERN.match(name)),
+                     f"class name {name!r}: use letters, digits, '_', '-', '.', '+' (no ',;=')")
+        _require(len(set(self.class_names)) == len(self.class_names),
+                 f"class names must be distinct, got {','.join(self.class_names)}")

@@ -16,12 +16,12 @@ from rich.console import Console
 from rich.table import Table
 
 from mslesion.atomic import atomic_path, write_json
-from mslesion.config import EvaluateConfig, TrainConfig, to_dict
+from mslesion.config import DemoConfig, EvaluateConfig, TrainConfig, parse_channels, to_dict
 from mslesion.data.patches import read_patches
-from mslesion.data.task import ClassMap, load_task
+from mslesion.data.task import load_task
 from mslesion.evaluate import evaluate
-from mslesion.paper import PAPER_BASELINE, PAPER_CLASSES, PAPER_TABLE3
-from mslesion.runs import METRICS, MODEL, read_json
+from mslesion.paper import MS_CHANNELS, PAPER_BASELINE, PAPER_CLASSES, PAPER_TABLE3
+from mslesion.runs import DEMO_COHORT, METRICS, RESULTS_JSON, RESULTS_MD, is_finished_run, read_json
 from mslesion.train import train
 
 
@@ -45,30 +45,34 @@ FULL = DemoSettings(patients=115, lesions_scale=1.0, epochs=15, augment="full", 
                     batch_size=128)
 
 
-def run_demo(out: Path, full: bool = False, device: str = "cpu", seed: int = 0, console: Console | None = None,
-             channel_sets: tuple[str, ...] = tuple(PAPER_TABLE3)) -> list[dict]:
+def run_demo(cfg: DemoConfig, console: Console | None = None) -> list[dict]:
     console = console or Console()
-    settings = FULL if full else QUICK
-    out = out / ("full" if full else "quick")  # the two settings never reuse each other's cohort or runs
+    settings = FULL if cfg.full else QUICK
+    out = Path(cfg.out) / ("full" if cfg.full else "quick")  # the two settings never reuse each other's cohort or runs
     out.mkdir(parents=True, exist_ok=True)
-    cohort = ensure_cohort(out / "cohort.h5", settings, seed, console)
-    task = load_task(cohort, ("flair", "qsm", "mask"), ClassMap.parse(PAPER_CLASSES))
+    cohort = ensure_cohort(out / DEMO_COHORT, settings, cfg.seed, console)
+    task = load_task(cohort, MS_CHANNELS, PAPER_CLASSES)
     rows = []
-    for number, channels in enumerate(channel_sets, 1):
-        console.rule(f"[{number}/{len(channel_sets)}] channels: {channels}")
-        run_dir = out / channels.replace(",", "+")
-        rows.append(train_and_evaluate(cohort, task, channels, run_dir, settings, device, seed))
+    for number, channels in enumerate(cfg.channel_sets, 1):
+        console.rule(f"[{number}/{len(cfg.channel_sets)}] channels: {channels}")
+        run = TrainConfig(
+            data=str(cohort), out=str(out / channels.replace(",", "+")), channels=parse_channels(channels),
+            split="paper", augment=settings.augment, epochs=settings.epochs, lr_milestones=settings.lr_milestones,
+            batch_size=settings.batch_size, seed=cfg.seed, device=cfg.device,
+        )
+        rows.append(train_and_evaluate_channels(run, task))
     table = results_table(rows, settings)
     console.print(table)
-    write_json(out / "results.json", {"settings": settings.__dict__, "rows": rows})
-    with atomic_path(out / "results.md") as tmp:
-        tmp.write_text(results_markdown(rows, settings))
-    console.print(f"results written to {out / 'results.md'}")
+    write_json(out / RESULTS_JSON, {"settings": settings.__dict__, "rows": rows})
+    with atomic_path(out / RESULTS_MD) as tmp:
+        tmp.write_text(demo_markdown(rows, settings))
+    console.print(f"results written to {out / RESULTS_MD}")
     return rows
 
 
 def ensure_cohort(path: Path, settings: DemoSettings, seed: int, console: Console) -> Path:
-    from mslesion.data.synth.cohort import SynthConfig, write_cohort
+    from mslesion.config import SynthConfig
+    from mslesion.data.synth import write_cohort
 
     if path.exists():
         read_patches(path, ("qsm",))  # validates an existing cohort before reusing it
@@ -83,19 +87,14 @@ def ensure_cohort(path: Path, settings: DemoSettings, seed: int, console: Consol
     return path
 
 
-def train_and_evaluate(cohort: Path, task, channels: str, run_dir: Path, settings: DemoSettings, device: str,
-                       seed: int) -> dict:
-    cfg = TrainConfig(
-        data=str(cohort), out=str(run_dir), channels=tuple(channels.split(",")), split="paper",
-        augment=settings.augment, epochs=settings.epochs, lr_milestones=settings.lr_milestones, seed=seed,
-        batch_size=settings.batch_size,
-        device=device,
-    )
+def train_and_evaluate_channels(cfg: TrainConfig, task) -> dict:
+    """Train (or resume) and evaluate one channel set, unless its run folder is finished; its table row."""
+    run_dir, channels = Path(cfg.out), ",".join(cfg.channels)
     started = time.perf_counter()
-    if not ((run_dir / MODEL).exists() and (run_dir / METRICS).exists()):
+    if not is_finished_run(run_dir):
         channel_task = task.with_channels(cfg.channels)
         train(cfg, resume=True, task=channel_task)
-        evaluate(EvaluateConfig(run=str(run_dir), device=device))
+        evaluate(EvaluateConfig(run=str(run_dir), device=cfg.device))
     metrics = read_json(run_dir / METRICS)
     return {
         "channels": channels, "accuracy": metrics["accuracy"], "balanced_accuracy": metrics["balanced_accuracy"],
@@ -122,7 +121,7 @@ def results_table(rows: list[dict], settings: DemoSettings) -> Table:
     return table
 
 
-def results_markdown(rows: list[dict], settings: DemoSettings) -> str:
+def demo_markdown(rows: list[dict], settings: DemoSettings) -> str:
     lines = [f"Synthetic cohort, paper split, {settings.augment} augmentation, {settings.epochs} epochs of batch "
              f"{settings.batch_size} "
              f"({settings.patients} patients, lesions scale {settings.lesions_scale}).", "",

@@ -3,18 +3,18 @@ confusion matrix, test-set sizes and the all-majority baseline."""
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
 import numpy as np
 
-from mslesion.atomic import atomic_path, write_json
+from mslesion.atomic import write_json
 from mslesion.config import EvaluateConfig
 from mslesion.data.task import Task, load_task
 from mslesion.errors import InputError
 from mslesion.inference import predict_probabilities
 from mslesion.metrics import abstention_metrics, classification_metrics
-from mslesion.runs import METRICS, PREDICTIONS, SPLIT, load_trained, read_json
+from mslesion.runs import METRICS, PREDICTIONS, SPLIT, load_trained, read_json, write_predictions
+from mslesion.runtime import parse_device
 
 
 def test_indices(run_dir: Path, task: Task, same_data: bool) -> np.ndarray:
@@ -30,6 +30,7 @@ def test_indices(run_dir: Path, task: Task, same_data: bool) -> np.ndarray:
 def evaluate(cfg: EvaluateConfig) -> dict:
     """Evaluate a run's finished model; writes metrics.json and predictions.csv into the run folder."""
     run_dir = Path(cfg.run)
+    device = parse_device(cfg.device)
     trained = load_trained(run_dir)
     data = cfg.data or trained.config.data
     same_data = not cfg.data or Path(cfg.data).resolve() == Path(trained.config.data).resolve()
@@ -37,7 +38,7 @@ def evaluate(cfg: EvaluateConfig) -> dict:
     if task.images.shape[2:] != (trained.model.patch_size,) * 3:
         raise InputError(f"patches are {task.images.shape[2:]}, the model expects {trained.model.patch_size}³", data)
     indices = test_indices(run_dir, task, same_data)
-    probabilities, _ = predict_probabilities(trained.model, task.images[indices], cfg.batch_size, cfg.device,
+    probabilities, _ = predict_probabilities(trained.model, task.images[indices], cfg.batch_size, device,
                                              temperature=trained.temperature)
     metrics = {
         "data": str(data),
@@ -50,17 +51,6 @@ def evaluate(cfg: EvaluateConfig) -> dict:
     write_json(run_dir / METRICS, metrics)
     write_predictions(run_dir / PREDICTIONS, task, indices, probabilities)
     return metrics
-
-
-def write_predictions(path: Path, task: Task, indices: np.ndarray, probabilities: np.ndarray) -> None:
-    names = task.class_map.names
-    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["index", "patient", "lesion", "label", "target", *(f"p_{n}" for n in names), "predicted"])
-        for row, i in enumerate(indices):
-            writer.writerow([int(i), task.patients[i], int(task.lesions[i]), int(task.labels[i]),
-                             names[task.targets[i]], *(f"{p:.6f}" for p in probabilities[row]),
-                             names[int(probabilities[row].argmax())]])
 
 
 def metrics_table(metrics: dict, title: str = "Test metrics"):

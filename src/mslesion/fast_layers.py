@@ -1,4 +1,4 @@
-"""Fused batch-norm → ReLU → 2/2 max-pool for the paper's conv blocks, and the CPU allocator setting.
+"""Fused batch-norm → ReLU → 2/2 max-pool for the paper's conv blocks.
 
 Why: in a naive training step of this net the convolutions are a minority of the time. The first block's
 conv output (64 maps of 33³ per sample) is read and written a dozen times by batch norm, ReLU, max-pool and
@@ -21,10 +21,6 @@ momentum is None), so model files and set_population_batchnorm are unchanged.
 """
 
 from __future__ import annotations
-
-import ctypes
-import ctypes.util
-import sys
 
 import torch
 import torch.nn.functional as F
@@ -153,34 +149,3 @@ def _update_running_stats(bn: nn.modules.batchnorm._BatchNorm, mean: torch.Tenso
     unbiased = var * count / max(count - 1, 1)
     bn.running_mean.mul_(1 - factor).add_(mean.to(bn.running_mean.dtype), alpha=factor)
     bn.running_var.mul_(1 - factor).add_(unbiased.to(bn.running_var.dtype), alpha=factor)
-
-
-_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
-
-
-def keep_freed_memory() -> bool:
-    """Let glibc reuse freed memory for large tensors instead of returning it to the OS (Linux only).
-
-    By default every tensor above 32 MB is a fresh mmap whose pages the kernel zero-fills on first touch;
-    with this net's 33³×64-map activations that page-faulting costs as much as the arithmetic. The setting is
-    process-wide and only changes how memory is recycled (peak use is unchanged). Returns True if applied.
-    """
-    return _mallopt(mmap_max=0, trim_threshold=2**31 - 1)
-
-
-def restore_default_memory() -> bool:
-    """glibc's default behaviour again (mmap for large blocks, trimming freed memory); for benchmarks."""
-    return _mallopt(mmap_max=65536, trim_threshold=128 * 1024)
-
-
-def _mallopt(mmap_max: int, trim_threshold: int) -> bool:
-    if not sys.platform.startswith("linux"):
-        return False
-    name = ctypes.util.find_library("c")
-    if name is None:
-        return False
-    try:
-        libc = ctypes.CDLL(name)
-        return bool(libc.mallopt(_M_MMAP_MAX, mmap_max)) and bool(libc.mallopt(_M_TRIM_THRESHOLD, trim_threshold))
-    except (OSError, AttributeError):  # not glibc (musl, ...): nothing to tune
-        return False

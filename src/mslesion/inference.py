@@ -1,28 +1,12 @@
-"""Batched inference shared by evaluate, predict and report."""
+"""Batched inference shared by evaluate, predict and report: probabilities, test-time augmentation and saliency."""
 
 from __future__ import annotations
 
 import numpy as np
 import torch
 
-from mslesion.fast_layers import keep_freed_memory
+from mslesion.runtime import autocast_dtype, keep_freed_memory
 from mslesion.transforms import N_SYMMETRIES, gather_augmented
-
-
-def autocast_dtype(device: torch.device, precision: str) -> torch.dtype | None:
-    """bf16 where it is fast (CUDA; a CPU with native bf16), else None (fp32)."""
-    if precision == "fp32":
-        return None
-    if precision == "bf16" or device.type == "cuda":
-        return torch.bfloat16
-    return torch.bfloat16 if cpu_has_fast_bf16() else None
-
-
-def cpu_has_fast_bf16() -> bool:
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
 
 
 @torch.no_grad()
@@ -72,3 +56,13 @@ def predict_probabilities(
     logits = _logits_of_pairs(model, images, idx, ks, batch_size, device, precision)
     per_symmetry = torch.softmax(logits / temperature, dim=1).view(N_SYMMETRIES, n, -1)
     return per_symmetry.mean(0).numpy(), per_symmetry.std(0).numpy()
+
+
+def input_saliency(model: torch.nn.Module, patch: np.ndarray) -> np.ndarray:
+    """Vanilla gradient saliency (Simonyan et al., 2014): |∂ logit of the predicted class / ∂ input|, maximum
+    over channels, [D, H, W]."""
+    model.eval()
+    x = torch.as_tensor(patch[None]).float().requires_grad_(True)
+    logits = model(x)
+    logits[0, int(logits.argmax())].backward()
+    return x.grad[0].abs().amax(0).numpy()

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from mslesion.fast_layers import conv_bn_relu_pool
-from mslesion.paper import PAPER_WIDTHS
+from mslesion.paper import PAPER_WIDTHS, PATCH_SIZE
 
 
 def feature_size(patch_size: int, n_blocks: int = 3) -> int:
@@ -48,7 +48,7 @@ class LesionNet(nn.Module):
     """The paper's 3D CNN, for any channel count, patch size and class count."""
 
     def __init__(
-        self, in_channels: int = 3, n_classes: int = 2, patch_size: int = 35,
+        self, in_channels: int = 3, n_classes: int = 2, patch_size: int = PATCH_SIZE,
         widths: tuple[int, ...] = PAPER_WIDTHS, fused: bool = True,
     ) -> None:
         super().__init__()

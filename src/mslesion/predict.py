@@ -4,8 +4,8 @@ Lesions are found and cut exactly as `extract` does (`extract_subject`), with th
 size. Everything is written into a temporary folder beside `--out` and moved into place at the end, so an
 error on the tenth subject leaves no half-written output.
 
-Output folder:
-  predictions.csv                      every lesion of every subject
+Output folder (its contract: `mslesion.runs`):
+  lesion_predictions.csv               every lesion of every subject
   summary.csv                          per subject: lesion count and volume per predicted class
   predict_config.json                  the resolved PredictConfig, the run's classes and channels
   <subject>/lesions.csv                that subject's lesions
@@ -21,67 +21,38 @@ import os
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from mslesion.config import to_dict
-from mslesion.data.extract import ExtractConfig, csv_text, extract_subject
+from mslesion.atomic import csv_text
+from mslesion.config import PredictConfig, to_dict
+from mslesion.data.extract import extract_subject
 from mslesion.data.nifti import to_original_orientation
 from mslesion.data.subjects import Subject
 from mslesion.errors import InputError
 from mslesion.progress import progress_bar
-from mslesion.runs import TrainedModel, load_trained
+from mslesion.runs import (
+    LESION_PREDICTIONS,
+    PREDICT_CONFIG,
+    PREDICTION_SUMMARY,
+    SUBJECT_LESIONS,
+    SUBJECT_SUMMARY,
+    TrainedModel,
+    label_map_name,
+    load_trained,
+    probability_map_name,
+    provenance,
+)
+from mslesion.runtime import parse_device, set_threads
 
 UNCERTAIN = "uncertain"
-
-
-@dataclass(frozen=True)
-class PredictConfig:
-    """Prediction with a trained run on NIfTI subjects or a patch file (`mslesion predict`)."""
-
-    run: str = ""
-    """Run folder written by `mslesion train` (its model.pt, channels, classes and temperature are used)."""
-    out: str = "predictions"
-    """Output folder (created; files of the same name in it are replaced)."""
-    tta: bool = False
-    """Average over the 48 cube symmetries and report their spread (48× the compute)."""
-    abstain: float = 0.0
-    """Report a lesion as 'uncertain' when its highest class probability is below this (0 = never)."""
-    batch_size: int = 8
-    """Lesions per forward pass; small batches keep the 35³ feature maps in cache (faster on CPU)."""
-    device: str = "cpu"
-    precision: str = "fp32"
-    """fp32, or bf16/auto for faster CPU/GPU inference with slightly different probabilities."""
-    threads: int = 0
-    """CPU threads for torch (0 = torch's default)."""
-    min_volume_mm3: float = 10.0
-    """As in extract: lesions smaller than this are not classified."""
-    connectivity: int = 6
-    instances: bool = False
-    resample: bool = False
-    voxel_size_mm: tuple[float, ...] = ()
-
-    def __post_init__(self) -> None:
-        if not 0 <= self.abstain < 1:
-            raise InputError(f"--abstain must be in [0, 1), got {self.abstain}")
-        if self.batch_size < 1:
-            raise InputError("--batch-size must be at least 1")
-        if self.precision not in ("auto", "bf16", "fp32"):
-            raise InputError(f"--precision must be auto, bf16 or fp32, got {self.precision!r}")
-        self.extract_config(35, ("mask",))  # validates the shared extraction options
-
-    def extract_config(self, patch_size: int, channels: tuple[str, ...]) -> ExtractConfig:
-        return ExtractConfig(out="", channels=channels, patch_size=patch_size, min_volume_mm3=self.min_volume_mm3,
-                             connectivity=self.connectivity, instances=self.instances, resample=self.resample,
-                             voxel_size_mm=self.voxel_size_mm)
 
 
 def classify(trained: TrainedModel, images: np.ndarray, cfg: PredictConfig) -> tuple[np.ndarray, np.ndarray | None]:
     from mslesion.inference import predict_probabilities
 
-    return predict_probabilities(trained.model, images, cfg.batch_size, cfg.device, tta=cfg.tta,
+    return predict_probabilities(trained.model, images, cfg.batch_size, parse_device(cfg.device), tta=cfg.tta,
                                  temperature=trained.temperature, precision=cfg.precision)
 
 
@@ -134,8 +105,8 @@ def write_maps(folder: Path, lesions, index: np.ndarray, probabilities: np.ndarr
     prob_lut[lesions.lesion_ids] = probabilities
     label_img = to_original_orientation(label_lut[lesions.lesion_map], lesions.grid)
     prob_img = to_original_orientation(prob_lut[lesions.lesion_map], lesions.grid)
-    nib.save(label_img, folder / f"{lesions.subject}_pred-label_dseg.nii.gz")
-    nib.save(prob_img, folder / f"{lesions.subject}_pred-prob.nii.gz")
+    nib.save(label_img, folder / label_map_name(lesions.subject))
+    nib.save(prob_img, folder / probability_map_name(lesions.subject))
 
 
 def predict_subject(trained: TrainedModel, subject: Subject, cfg: PredictConfig, folder: Path) -> tuple[list, dict]:
@@ -149,13 +120,13 @@ def predict_subject(trained: TrainedModel, subject: Subject, cfg: PredictConfig,
     inferred = time.perf_counter()
     rows = prediction_rows(lesions.records, probabilities, spread, names, predicted)
     folder.mkdir(parents=True)
-    folder.joinpath("lesions.csv").write_text(csv_text(rows, subject_columns(names, cfg.tta)))
+    folder.joinpath(SUBJECT_LESIONS).write_text(csv_text(rows, subject_columns(names, cfg.tta)))
     write_maps(folder, lesions, index, probabilities, len(names))
     summary = subject_summary(subject.id, rows, names, with_volume=True)
     legend = {"0": "background", **{str(k + 1): n for k, n in enumerate(names)}, str(len(names) + 1): UNCERTAIN}
     detail = {**summary, "label_map_values": legend, "probability_map_volumes": list(names), "notes": lesions.notes,
               "seconds_extract": round(extracted - started, 3), "seconds_classify": round(inferred - extracted, 3)}
-    folder.joinpath("summary.json").write_text(json.dumps(detail, indent=2) + "\n")
+    folder.joinpath(SUBJECT_SUMMARY).write_text(json.dumps(detail, indent=2) + "\n")
     return rows, {**summary, "notes": lesions.notes, "seconds": round(inferred - started, 3)}
 
 
@@ -189,9 +160,9 @@ def predict_subjects(cfg: PredictConfig, subjects: list[Subject], show_progress:
             all_rows.extend(rows)
             summaries.append(summary)
             bar.advance()
-        tmp.joinpath("predictions.csv").write_text(csv_text(all_rows, subject_columns(names, cfg.tta)))
+        tmp.joinpath(LESION_PREDICTIONS).write_text(csv_text(all_rows, subject_columns(names, cfg.tta)))
         summary_columns = tuple(k for k in summaries[0] if k != "notes") if summaries else ("subject",)
-        tmp.joinpath("summary.csv").write_text(csv_text(summaries, summary_columns))
+        tmp.joinpath(PREDICTION_SUMMARY).write_text(csv_text(summaries, summary_columns))
         write_config(tmp, cfg, trained)
     return summaries
 
@@ -215,25 +186,24 @@ def predict_patch_file(cfg: PredictConfig, path: Path, show_progress: bool = Tru
     summaries = [subject_summary(s, [r for r in rows if r["subject"] == s], names, with_volume=False)
                  for s in subjects]
     with output_folder(Path(cfg.out)) as tmp:
-        tmp.joinpath("predictions.csv").write_text(csv_text(rows, columns(("subject", "lesion", "label"), names,
+        tmp.joinpath(LESION_PREDICTIONS).write_text(csv_text(rows, columns(("subject", "lesion", "label"), names,
                                                                           cfg.tta)))
         summary_columns = tuple(summaries[0]) if summaries else ("subject",)
-        tmp.joinpath("summary.csv").write_text(csv_text(summaries, summary_columns))
+        tmp.joinpath(PREDICTION_SUMMARY).write_text(csv_text(summaries, summary_columns))
         write_config(tmp, cfg, trained)
     return summaries
 
 
 def write_config(folder: Path, cfg: PredictConfig, trained: TrainedModel) -> None:
-    record = {"config": to_dict(cfg), "channels": list(trained.channels), "classes": trained.class_map.spec(),
-              "temperature": trained.temperature, "patch_size": trained.model.patch_size}
-    folder.joinpath("predict_config.json").write_text(json.dumps(record, indent=2) + "\n")
+    record = {**provenance(), "config": to_dict(cfg), "channels": list(trained.channels),
+              "classes": trained.class_map.spec(), "temperature": trained.temperature,
+              "patch_size": trained.model.patch_size}
+    folder.joinpath(PREDICT_CONFIG).write_text(json.dumps(record, indent=2) + "\n")
 
 
 def _load(cfg: PredictConfig) -> TrainedModel:
-    import torch
-
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+    set_threads(cfg.threads)
+    parse_device(cfg.device)  # an unavailable device fails before any work
     return load_trained(cfg.run)
 
 

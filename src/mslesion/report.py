@@ -18,34 +18,30 @@ from pathlib import Path
 
 import numpy as np
 
-from mslesion.ablate import is_ablation, load_ablation_config, read_predictions, run_folder
 from mslesion.atomic import atomic_path
-from mslesion.config import to_dict
+from mslesion.config import ReportConfig, to_dict
 from mslesion.errors import InputError
+from mslesion.inference import input_saliency
 from mslesion.metrics import abstention_metrics, classification_metrics, coverage_accuracy_curve
-from mslesion.runs import CONFIG, HISTORY, MODEL, PREDICTIONS, read_json
+from mslesion.runs import (
+    ABLATION_CONFIG,
+    ABLATION_PNG,
+    CONFIG,
+    HISTORY,
+    MODEL,
+    PREDICTIONS,
+    RESULTS_MD,
+    is_ablation,
+    is_prediction_folder,
+    load_ablation_config,
+    read_json,
+    read_predictions,
+    run_folder,
+)
 
 SECTIONS = ("summary", "ablation", "learning-curves", "confusion-matrix", "roc", "reliability", "abstention",
             "montage", "saliency", "configuration")
 PACKAGES = ("mslesion", "torch", "numpy", "scipy", "scikit-learn", "h5py", "matplotlib", "nibabel")
-
-
-@dataclass(frozen=True)
-class ReportConfig:
-    folder: str = ""
-    """Run folder (mslesion train) or ablation folder (mslesion ablate)."""
-    out: str = "report.html"
-    """HTML file to write (self-contained: images embedded)."""
-    abstain: float = 0.0
-    """Predictions whose top probability is below this are 'uncertain' (0 = no abstention)."""
-    examples: int = 4
-    """Lesions per montage row, and saliency maps shown."""
-
-    def __post_init__(self) -> None:
-        if not 0 <= self.abstain < 1:  # as `mslesion predict --abstain`
-            raise InputError(f"--abstain must be in [0, 1), got {self.abstain}")
-        if not 1 <= self.examples <= 12:
-            raise InputError(f"--examples must be in [1, 12], got {self.examples}")
 
 
 @dataclass
@@ -63,14 +59,13 @@ class Evidence:
     """Tasks and models already read, by run index (several sections need the same ones)."""
 
     def task(self, run: int):
-        from mslesion.data.task import ClassMap, load_task
+        from mslesion.data.task import load_task
 
         if ("task", run) not in self.loaded:
             config = read_json(self.run_dirs[run] / CONFIG)
             if not Path(config["data"]).exists():
                 raise InputError("patch file of the run not found", config["data"])
-            self.loaded["task", run] = load_task(config["data"], tuple(config["channels"]),
-                                                 ClassMap.parse(config["classes"]))
+            self.loaded["task", run] = load_task(config["data"], tuple(config["channels"]), config["classes"])
         return self.loaded["task", run]
 
     def model(self, run: int):
@@ -83,14 +78,17 @@ class Evidence:
 
 def gather_evidence(run_dirs: list[Path]) -> Evidence:
     parts = [read_predictions(d / PREDICTIONS) for d in run_dirs]
-    return Evidence(run_dirs, np.concatenate([np.full(len(p[0]), i) for i, p in enumerate(parts)]),
-                    *(np.concatenate([p[k] for p in parts]) for k in (0, 3, 1, 2)), parts[0][4])
+    return Evidence(run_dirs, np.concatenate([np.full(len(p.index), i) for i, p in enumerate(parts)]),
+                    *(np.concatenate([getattr(p, k) for p in parts])
+                      for k in ("index", "targets", "probabilities", "patients")), parts[0].names)
 
 
 def write_report(cfg: ReportConfig) -> Path:
     folder = Path(cfg.folder)
     if not folder.is_dir():
         raise InputError("folder not found", folder)
+    if is_prediction_folder(folder):
+        raise InputError("a prediction folder (mslesion predict): report reads run and ablation folders", folder)
     ablation = load_ablation_config(folder) if is_ablation(folder) else None
     if ablation is not None:
         reference = ablation.reference_set
@@ -185,8 +183,6 @@ def table_html(header: list[str], rows: list[tuple[str, ...]]) -> str:
 
 def ablation_html(folder: Path) -> str:
     """The results.md tables as HTML, and ablation.png."""
-    from mslesion.ablate import ABLATION_PNG, RESULTS_MD
-
     parts, table = [], []
     for line in (folder / RESULTS_MD).read_text().splitlines() + [""]:
         if line.startswith("|"):
@@ -207,7 +203,7 @@ def ablation_html(folder: Path) -> str:
 def configuration_html(folder: Path, ev: Evidence) -> str:
     configs = {str(d): read_json(d / CONFIG) for d in ev.run_dirs if (d / CONFIG).exists()}
     if is_ablation(folder):
-        configs = {"ablation": read_json(folder / "ablation.json"), **configs}
+        configs = {"ablation": read_json(folder / ABLATION_CONFIG), **configs}
     first = next(iter(configs.items()), ("", {}))
     shown = json.dumps(first[1], indent=2)
     versions = [("python", platform.python_version()), ("platform", platform.platform())]
@@ -295,17 +291,6 @@ def saliency_html(cfg: ReportConfig, ev: Evidence) -> str:
             + ("" if background == "qsm" else " (this model has no QSM channel)")
             + ". Bright where a small change of the image would change the decision most: does the net look at "
               "the lesion's rim?</p>")
-
-
-def input_saliency(model, patch: np.ndarray) -> np.ndarray:
-    """|∂ logit of the predicted class / ∂ input|, maximum over channels: [D, H, W]."""
-    import torch
-
-    model.eval()
-    x = torch.as_tensor(patch[None]).float().requires_grad_(True)
-    logits = model(x)
-    logits[0, int(logits.argmax())].backward()
-    return x.grad[0].abs().amax(0).numpy()
 
 
 # --- HTML ------------------------------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from mslesion.atomic import atomic_path
+from mslesion.paper import PAPER_TABLE3
 
 
 def _pyplot():
@@ -38,8 +39,6 @@ METRICS_PLOTTED = (("accuracy", "accuracy"), ("balanced_accuracy", "balanced acc
 
 def ablation_figure(rows: list[dict]):
     """Grouped bars per channel set with 95% CI whiskers; the paper's Table 3 accuracy as black ticks."""
-    from mslesion.cli.core import PAPER_TABLE3
-
     plt = _pyplot()
     figure, axis = plt.subplots(figsize=(max(6.0, 1.3 * len(rows) + 2), 4.0))
     width = 0.8 / len(METRICS_PLOTTED)

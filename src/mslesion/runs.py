@@ -1,17 +1,34 @@
-"""The run folder: the unit of reproducibility.
+"""The folder contracts: what every file of a run, ablation and prediction folder is called, and the one reader
+and writer of each file that more than one stage reads.
 
-  config.json     resolved TrainConfig
-  split.json      which lesions (patient, lesion id, index) went to train / val / test
-  checkpoint.pt   training state after the last finished epoch (atomic; used by --resume)
-  model.pt        the finished model: weights, population batch-norm statistics, mean image, metadata
-  history.json    loss / accuracy per epoch
-  metrics.json    test metrics (written by evaluate)
-  predictions.csv per test lesion: class probabilities and prediction
-  train.log       the log of the run
+Run folder (`mslesion train`; the unit of reproducibility):
+  config.json       resolved TrainConfig, with format_version and mslesion_version
+  split.json        which lesions (patient, lesion id, index) went to train / val / test
+  checkpoint.pt     training state after the last finished epoch (atomic; used by --resume)
+  model.pt          the finished model: weights, population batch-norm statistics, mean image, metadata
+  history.json      loss / accuracy per epoch
+  metrics.json      test metrics (written by evaluate)
+  predictions.csv   per test lesion: class probabilities and prediction (written by evaluate)
+  train.log         the log of the run
+
+Ablation folder (`mslesion ablate`):
+  ablation.json     resolved AblationConfig
+  results.json · results.csv · results.md · ablation.png
+  runs/<channels>/seed<S>/fold<F>/   one run folder per grid point
+
+Prediction folder (`mslesion predict`):
+  lesion_predictions.csv   every lesion of every subject (its own name: not evaluate's predictions.csv)
+  summary.csv              per subject: lesion count and volume per predicted class
+  predict_config.json      the resolved PredictConfig, the run's classes and channels
+  <subject>/lesions.csv · <subject>/summary.json · <subject>/<subject>_pred-label_dseg.nii.gz ·
+  <subject>/<subject>_pred-prob.nii.gz
+
+Format versions: a file without `format_version` is version 1 (mslesion 0.1.0). See CHANGELOG.md.
 """
 
 from __future__ import annotations
 
+import csv
 import json
 import pickle
 import zipfile
@@ -19,16 +36,56 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
-from mslesion.atomic import atomic_path
-from mslesion.config import TrainConfig, from_dict, to_dict
-from mslesion.data.task import ClassMap
+from mslesion import __version__
+from mslesion.atomic import atomic_path, write_json
+from mslesion.config import AblationConfig, TrainConfig, canonical_channels, from_dict, to_dict
+from mslesion.data.task import ClassMap, Task
 from mslesion.errors import InputError
 from mslesion.model import LesionNet
 
+RUN_FORMAT_VERSION = 2
+
+# run folder
 CONFIG, SPLIT, CHECKPOINT, MODEL = "config.json", "split.json", "checkpoint.pt", "model.pt"
 HISTORY, METRICS, PREDICTIONS, LOG = "history.json", "metrics.json", "predictions.csv", "train.log"
+# ablation folder
+ABLATION_CONFIG, RESULTS_JSON, RESULTS_CSV = "ablation.json", "results.json", "results.csv"
+RESULTS_MD, ABLATION_PNG, ABLATION_RUNS = "results.md", "ablation.png", "runs"
+# demo folder (quick/ or full/): the cohort, one run folder per channel set, results.json and results.md
+DEMO_COHORT = "cohort.h5"
+# prediction folder
+PREDICT_CONFIG, LESION_PREDICTIONS, PREDICTION_SUMMARY = "predict_config.json", "lesion_predictions.csv", "summary.csv"
+SUBJECT_LESIONS, SUBJECT_SUMMARY = "lesions.csv", "summary.json"
+
+# Settings that may differ between a run folder and the command asking for it: they do not change results.
+RESULT_NEUTRAL_SETTINGS = ("out", "device", "threads")
+
+
+def provenance() -> dict[str, Any]:
+    """Recorded in every config and output this version writes."""
+    return {"format_version": RUN_FORMAT_VERSION, "mslesion_version": __version__}
+
+
+# --- run folders ------------------------------------------------------------------------------------------------
+
+
+def write_run_config(run_dir: Path, cfg: TrainConfig) -> None:
+    write_json(run_dir / CONFIG, {**to_dict(cfg), **provenance()})
+
+
+def changed_settings(saved: dict[str, Any], wanted: TrainConfig, also_neutral: tuple[str, ...] = ()) -> list[str]:
+    """Settings of `wanted` that differ from a saved config; a setting newer than the file had its default then."""
+    saved = {**to_dict(TrainConfig()), **saved}
+    neutral = (*RESULT_NEUTRAL_SETTINGS, *also_neutral)
+    return sorted(k for k, v in to_dict(wanted).items() if k not in neutral and saved.get(k) != v)
+
+
+def is_finished_run(run_dir: Path) -> bool:
+    """Trained and evaluated: the stages that read a run folder need nothing more."""
+    return all((Path(run_dir) / name).exists() for name in (MODEL, METRICS, PREDICTIONS))
 
 
 def save_torch(obj: dict[str, Any], path: Path) -> None:
@@ -53,6 +110,7 @@ def load_torch(path: Path) -> dict[str, Any]:
 def model_metadata(model: LesionNet, cfg: TrainConfig, class_map: ClassMap, channels: tuple[str, ...]) -> dict:
     return {
         "format": "mslesion",
+        **provenance(),
         "config": to_dict(cfg),
         "channels": list(channels),
         "class_names": list(class_map.names),
@@ -97,3 +155,79 @@ def read_json(path: Path) -> Any:
         return json.loads(path.read_text())
     except json.JSONDecodeError as exc:
         raise InputError(f"invalid JSON ({exc.msg} at line {exc.lineno})", path) from None
+
+
+# --- predictions.csv of a run: written by evaluate, read by ablate and report ------------------------------------
+
+
+@dataclass
+class RunPredictions:
+    """The test predictions of a run, one row per lesion."""
+
+    index: np.ndarray  # lesion index into the run's task
+    probabilities: np.ndarray  # [N, K]
+    patients: np.ndarray
+    targets: np.ndarray  # true class index
+    names: tuple[str, ...]  # class names
+
+
+def write_predictions(path: Path, task: Task, indices: np.ndarray, probabilities: np.ndarray) -> None:
+    names = task.class_map.names
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["index", "patient", "lesion", "label", "target", *(f"p_{n}" for n in names), "predicted"])
+        for row, i in enumerate(indices):
+            writer.writerow([int(i), task.patients[i], int(task.lesions[i]), int(task.labels[i]),
+                             names[task.targets[i]], *(f"{p:.6f}" for p in probabilities[row]),
+                             names[int(probabilities[row].argmax())]])
+
+
+def read_predictions(path: Path) -> RunPredictions:
+    if not path.exists():
+        raise InputError("no predictions: evaluate the run first (mslesion evaluate), or rerun mslesion ablate", path)
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    if rows and "index" not in rows[0]:
+        raise InputError("not the predictions.csv of a run folder (no 'index' column)", path)
+    names = tuple(k[2:] for k in (rows[0].keys() if rows else []) if k.startswith("p_"))
+    return RunPredictions(
+        index=np.asarray([int(r["index"]) for r in rows], dtype=np.int64),
+        probabilities=np.asarray([[float(r[f"p_{n}"]) for n in names] for r in rows], dtype=float),
+        patients=np.asarray([r["patient"] for r in rows], dtype=object),
+        targets=np.asarray([names.index(r["target"]) for r in rows], dtype=np.int64),
+        names=names,
+    )
+
+
+# --- ablation folders ---------------------------------------------------------------------------------------------
+
+
+def run_folder(out: Path, channel_set: str, seed: int, fold: int) -> Path:
+    return Path(out) / ABLATION_RUNS / canonical_channels(channel_set).replace(",", "+") / f"seed{seed}" / f"fold{fold}"
+
+
+def is_ablation(folder: Path) -> bool:
+    return (Path(folder) / ABLATION_CONFIG).exists()
+
+
+def write_ablation_config(folder: Path, cfg: AblationConfig) -> None:
+    write_json(Path(folder) / ABLATION_CONFIG, {**to_dict(cfg), **provenance()})
+
+
+def load_ablation_config(folder: Path) -> AblationConfig:
+    return from_dict(AblationConfig, read_json(Path(folder) / ABLATION_CONFIG))
+
+
+# --- prediction folders -------------------------------------------------------------------------------------------
+
+
+def is_prediction_folder(folder: Path) -> bool:
+    return (Path(folder) / PREDICT_CONFIG).exists()
+
+
+def label_map_name(subject: str) -> str:
+    return f"{subject}_pred-label_dseg.nii.gz"
+
+
+def probability_map_name(subject: str) -> str:
+    return f"{subject}_pred-prob.nii.gz"

@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import logging
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -30,24 +31,25 @@ from mslesion.data.splits import (
     patient_split,
     predefined_split,
 )
-from mslesion.data.task import ClassMap, Task, load_task
+from mslesion.data.task import Task, load_task
 from mslesion.errors import InputError
-from mslesion.fast_layers import keep_freed_memory
-from mslesion.inference import autocast_dtype, predict_logits
+from mslesion.inference import predict_logits
 from mslesion.metrics import roc_auc
 from mslesion.model import LesionNet, set_population_batchnorm
 from mslesion.progress import progress_bar
 from mslesion.runs import (
     CHECKPOINT,
-    CONFIG,
     HISTORY,
     LOG,
     MODEL,
     SPLIT,
+    changed_settings,
     load_torch,
     model_metadata,
     save_torch,
+    write_run_config,
 )
+from mslesion.runtime import autocast_dtype, parse_device, set_threads, tune_for
 from mslesion.transforms import N_SYMMETRIES, apply_symmetry, gather_augmented
 
 log = logging.getLogger("mslesion.train")
@@ -141,11 +143,40 @@ def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Ada
     )
 
 
-def train_epoch(model, optimizer, images, targets, plan, cfg, device, dtype, bar=None,
-                ctx: distributed.DistContext | None = None) -> dict[str, float]:
+@dataclass
+class TrainingState:
+    """One training between epochs: what is trained, on which data, where, and what it has recorded so far."""
+
+    cfg: TrainConfig
+    task: Task
+    split: dict[str, np.ndarray]
+    model: LesionNet
+    net: torch.nn.Module  # the model, or its DDP wrapper: the one that trains
+    optimizer: torch.optim.Optimizer
+    images: torch.Tensor  # on the device that gathers the batches (the GPU with --device cuda)
+    targets: torch.Tensor
+    items: np.ndarray  # training indices after oversampling
+    device: torch.device
+    dtype: torch.dtype | None  # autocast dtype, None = fp32
+    ctx: distributed.DistContext
+    run_dir: Path
+    history: list[dict] = field(default_factory=list)
+    best: dict | None = None  # the best validated epoch so far: its record and weights (with --select)
+    first_epoch: int = 1
+
+    @property
+    def val_targets(self) -> torch.Tensor | None:
+        return torch.as_tensor(self.task.targets[self.split["val"]]) if "val" in self.split else None
+
+    @property
+    def per_epoch(self) -> int:
+        return len(self.items) * (N_SYMMETRIES if self.cfg.augment == "full" else 1)
+
+
+def train_epoch(state: TrainingState, plan: tuple[torch.Tensor, torch.Tensor], bar=None) -> dict[str, float]:
     """One pass over the epoch plan. Under DDP each rank trains on its slice of every global batch."""
-    ctx = ctx or distributed.DistContext()
-    model.train()
+    cfg, ctx, device, images = state.cfg, state.ctx, state.device, state.images
+    state.net.train()
     items, ks = (t.to(images.device) for t in plan)  # once per epoch, not one host→device copy per step
     totals = torch.zeros(2, dtype=torch.float64, device=device)  # loss sum, correct: no per-step sync
     seen = 0
@@ -157,18 +188,18 @@ def train_epoch(model, optimizer, images, targets, plan, cfg, device, dtype, bar
         idx = distributed.shard(items[start:start + cfg.batch_size], ctx)
         k = distributed.shard(ks[start:start + cfg.batch_size], ctx)
         x = gather_augmented(images, idx, k).to(device, non_blocking=True)
-        y = targets[idx].to(device, non_blocking=True)
-        with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-            logits = model(x)
+        y = state.targets[idx].to(device, non_blocking=True)
+        with torch.autocast(device.type, dtype=state.dtype or torch.float32, enabled=state.dtype is not None):
+            logits = state.net(x)
         if ctx.enabled:  # DDP averages gradients over ranks: scale so that this is the global batch mean
             loss = F.cross_entropy(logits.float(), y, reduction="sum") * distributed.loss_scale(len(idx), global_n, ctx)
             batch_loss = loss.detach() * global_n / ctx.world_size  # this rank's summed loss
         else:
             loss = F.cross_entropy(logits.float(), y)
             batch_loss = loss.detach() * len(idx)
-        optimizer.zero_grad(set_to_none=True)
+        state.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        optimizer.step()
+        state.optimizer.step()
         totals += torch.stack([batch_loss.double(), (logits.detach().argmax(1) == y).sum().double()])
         seen += len(idx)
         if bar is not None:
@@ -195,12 +226,14 @@ def population_batches(images: torch.Tensor, items: np.ndarray, batch_size: int,
 
 
 @torch.no_grad()
-def validation_logits(model, images, items, val, cfg, device) -> torch.Tensor:
+def validation_logits(state: TrainingState) -> torch.Tensor:
     """Logits on the validation set of a copy of the model whose batch norm is finalised on ≤ 1024 patches."""
-    probe = copy.deepcopy(model)
-    subset = items[:: max(1, len(items) // 1024)]
-    set_population_batchnorm(probe, population_batches(images, subset, cfg.batch_size, cfg.seed), device)
-    return predict_logits(probe, images[torch.as_tensor(val)], 256, device, precision=cfg.precision)
+    probe = copy.deepcopy(state.model)
+    subset = state.items[:: max(1, len(state.items) // 1024)]
+    batches = population_batches(state.images, subset, state.cfg.batch_size, state.cfg.seed)
+    set_population_batchnorm(probe, batches, state.device)
+    val_images = state.images[torch.as_tensor(state.split["val"])]
+    return predict_logits(probe, val_images, 256, state.device, precision=state.cfg.precision)
 
 
 def validation_stats(logits: torch.Tensor, targets: torch.Tensor) -> dict[str, float]:
@@ -239,23 +272,24 @@ def split_record(task: Task, split: dict[str, np.ndarray]) -> dict:
 def train(cfg: TrainConfig, resume: bool = False, show_progress: bool = True, task: Task | None = None) -> Path:
     """Train one model; returns the run folder. With resume, continue from the last finished epoch."""
     run_dir = Path(cfg.out)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    task = task or load_task(cfg.data, tuple(cfg.channels), ClassMap.parse(cfg.classes))
-    device = torch.device(cfg.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise InputError("--device cuda but no CUDA GPU is available")
+    set_threads(cfg.threads)
+    device = parse_device(cfg.device)
+    task = task or load_task(cfg.data, tuple(cfg.channels), cfg.classes)
     checkpoint = _load_resume_checkpoint(run_dir, cfg) if resume else None
     if not resume and (run_dir / MODEL).exists():
         raise InputError("run folder already holds a finished model; use another --out or --resume", run_dir)
-    tune_runtime(device)
+    tune_for(device)
     ctx, device = distributed.setup(device)
     handler = None
     try:
         if ctx.is_main:  # only rank 0 writes the run folder
             run_dir.mkdir(parents=True, exist_ok=True)
             handler = setup_logging(run_dir)
-        return _train(cfg, task, run_dir, device, checkpoint, show_progress and ctx.is_main, ctx)
+        state = start_training(cfg, task, run_dir, device, checkpoint, ctx)
+        run_epochs(state, show_progress and ctx.is_main)
+        if ctx.is_main:
+            finish(state)
+        return run_dir
     finally:
         if handler is not None:
             log.removeHandler(handler)
@@ -263,33 +297,23 @@ def train(cfg: TrainConfig, resume: bool = False, show_progress: bool = True, ta
         distributed.teardown(ctx)
 
 
-def tune_runtime(device: torch.device) -> None:
-    """Process-wide settings the speed benchmarks justify (README, "Speed")."""
-    if device.type == "cpu":
-        keep_freed_memory()  # large activations: reuse freed heap memory instead of fresh zero-filled pages
-    else:
-        torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick its fastest 3D conv kernels
-
-
 def _load_resume_checkpoint(run_dir: Path, cfg: TrainConfig) -> dict | None:
     path = run_dir / CHECKPOINT
     if not path.exists():
         return None
     checkpoint = load_torch(path)
-    ignored = ("device", "threads", "out")
-    # a setting newer than the checkpoint had its default value then
-    saved = {**to_dict(TrainConfig()), **checkpoint["config"]}
-    wanted = to_dict(cfg)
-    changed = sorted(k for k in wanted if k not in ignored and saved.get(k) != wanted[k])
+    changed = changed_settings(checkpoint["config"], cfg)
     if changed:
         raise InputError(f"cannot resume: settings differ from the checkpoint's ({', '.join(changed)})", path)
     return checkpoint
 
 
-def _train(cfg, task, run_dir, device, checkpoint, show_progress, ctx: distributed.DistContext) -> Path:
+def start_training(cfg: TrainConfig, task: Task, run_dir: Path, device: torch.device, checkpoint: dict | None,
+                   ctx: distributed.DistContext) -> TrainingState:
+    """Split, input normalisation, model and optimiser, restored from the checkpoint when resuming."""
     split = resolve_split(task, cfg)
     if ctx.is_main:
-        write_json(run_dir / CONFIG, to_dict(cfg))
+        write_run_config(run_dir, cfg)
         write_json(run_dir / SPLIT, split_record(task, split))
     images = torch.from_numpy(task.images)
     targets = torch.from_numpy(task.targets)
@@ -303,61 +327,66 @@ def _train(cfg, task, run_dir, device, checkpoint, show_progress, ctx: distribut
         model.input_scale.copy_(input_scale)
     model.to(device).channels_last()
     optimizer = build_optimizer(model, cfg)
-    history: list[dict] = []
-    first_epoch, best = 1, None
+    state = TrainingState(cfg, task, split, model, model, optimizer, images, targets, items, device,
+                          autocast_dtype(device, cfg.precision), ctx, run_dir)
     if checkpoint is not None:
         model.load_state_dict(checkpoint["state_dict"])
         optimizer.load_state_dict(checkpoint["optimizer"])
-        history, first_epoch = checkpoint["history"], checkpoint["epoch"] + 1
-        best = checkpoint.get("best")
+        state.history, state.first_epoch = checkpoint["history"], checkpoint["epoch"] + 1
+        state.best = checkpoint.get("best")
         log.info("resuming after epoch %d", checkpoint["epoch"])
-    net = distributed.wrap(model, ctx, device)
-    val_targets = torch.as_tensor(task.targets[split["val"]]) if "val" in split else None
-    dtype = autocast_dtype(device, cfg.precision)
-    per_epoch = len(items) * (N_SYMMETRIES if cfg.augment == "full" else 1)
+    state.net = distributed.wrap(model, ctx, device)
     log.info("train %d patches (%d after oversampling), %d per epoch, test %d, precision %s",
-             len(split["train"]), len(items), per_epoch, len(split["test"]), dtype or torch.float32)
+             len(split["train"]), len(items), state.per_epoch, len(split["test"]), state.dtype or torch.float32)
+    return state
+
+
+def run_epochs(state: TrainingState, show_progress: bool) -> None:
+    """The remaining epochs; after each, rank 0 validates (when due) and writes history and checkpoint."""
+    cfg = state.cfg
     with progress_bar(show_progress) as bars:
-        for epoch in range(first_epoch, cfg.epochs + 1):
-            for group in optimizer.param_groups:
+        for epoch in range(state.first_epoch, cfg.epochs + 1):
+            for group in state.optimizer.param_groups:
                 group["lr"] = lr_at(epoch, cfg)
             started = time.perf_counter()
-            bar = bars.task(f"epoch {epoch}/{cfg.epochs}", total=per_epoch)
-            stats = train_epoch(net, optimizer, images, targets, epoch_plan(items, cfg.augment, epoch, cfg.seed),
-                                cfg, device, dtype, bar, ctx)
+            bar = bars.task(f"epoch {epoch}/{cfg.epochs}", total=state.per_epoch)
+            stats = train_epoch(state, epoch_plan(state.items, cfg.augment, epoch, cfg.seed), bar)
             seconds = time.perf_counter() - started
             record = {"epoch": epoch, "lr": lr_at(epoch, cfg), **stats, "seconds": seconds,
                       "samples_per_s": stats["samples"] / seconds}
-            if not ctx.is_main:  # the other ranks only train; rank 0 validates and writes
-                continue
-            if val_targets is not None and (epoch % cfg.val_every == 0 or epoch == cfg.epochs):
-                record.update(validation_stats(
-                    validation_logits(model, images, items, split["val"], cfg, device), val_targets))
-                if cfg.select != "last" and is_better(record, best and best["record"], cfg.select):
-                    best = {"record": record, "state_dict": copy.deepcopy(model.state_dict())}
-            history.append(record)
-            log.info("epoch %d: %s", epoch, ", ".join(f"{k} {v:.4g}" for k, v in record.items() if k != "epoch"))
-            save_torch({"format": "mslesion", "config": to_dict(cfg), "epoch": epoch, "history": history,
-                        "state_dict": model.state_dict(), "optimizer": optimizer.state_dict(), "best": best},
-                       run_dir / CHECKPOINT)
-            write_json(run_dir / HISTORY, history)
-    if ctx.is_main:
-        _finish(cfg, task, split, model, images, targets, items, best, val_targets, run_dir, device)
-    return run_dir
+            if state.ctx.is_main:  # the other ranks only train; rank 0 validates and writes
+                end_epoch(state, record)
 
 
-def _finish(cfg, task, split, model, images, targets, items, best, val_targets, run_dir, device) -> None:
+def end_epoch(state: TrainingState, record: dict) -> None:
+    cfg, epoch, val_targets = state.cfg, record["epoch"], state.val_targets
+    if val_targets is not None and (epoch % cfg.val_every == 0 or epoch == cfg.epochs):
+        record.update(validation_stats(validation_logits(state), val_targets))
+        if cfg.select != "last" and is_better(record, state.best and state.best["record"], cfg.select):
+            state.best = {"record": record, "state_dict": copy.deepcopy(state.model.state_dict())}
+    state.history.append(record)
+    log.info("epoch %d: %s", epoch, ", ".join(f"{k} {v:.4g}" for k, v in record.items() if k != "epoch"))
+    save_torch({"format": "mslesion", "config": to_dict(cfg), "epoch": epoch, "history": state.history,
+                "state_dict": state.model.state_dict(), "optimizer": state.optimizer.state_dict(),
+                "best": state.best}, state.run_dir / CHECKPOINT)
+    write_json(state.run_dir / HISTORY, state.history)
+
+
+def finish(state: TrainingState) -> None:
     """Best-epoch selection, the batch-norm population pass, temperature scaling and the model file."""
+    cfg, model, best, val_targets = state.cfg, state.model, state.best, state.val_targets
     if best is not None:
         log.info("selected epoch %d by %s", best["record"]["epoch"], cfg.select)
         model.load_state_dict(best["state_dict"])
-    set_population_batchnorm(model, population_batches(images, items, cfg.batch_size, cfg.seed), device)
+    batches = population_batches(state.images, state.items, cfg.batch_size, cfg.seed)
+    set_population_batchnorm(model, batches, state.device)
     temperature = 1.0
     if val_targets is not None:
-        logits = predict_logits(model, images[torch.as_tensor(split["val"])], 256, device, precision=cfg.precision)
+        val_images = state.images[torch.as_tensor(state.split["val"])]
+        logits = predict_logits(model, val_images, 256, state.device, precision=cfg.precision)
         temperature = fit_temperature(logits, val_targets)
         log.info("temperature %.3f fitted on %d validation lesions", temperature, len(val_targets))
-    save_torch({**model_metadata(model, cfg, task.class_map, task.channels), "temperature": temperature,
+    save_torch({**model_metadata(model, cfg, state.task.class_map, state.task.channels), "temperature": temperature,
                 "selected_epoch": best["record"]["epoch"] if best else cfg.epochs,
-                "state_dict": {k: v.cpu() for k, v in model.state_dict().items()}}, run_dir / MODEL)
-    log.info("finished; model saved to %s", run_dir / MODEL)
+                "state_dict": {k: v.cpu() for k, v in model.state_dict().items()}}, state.run_dir / MODEL)
+    log.info("finished; model saved to %s", state.run_dir / MODEL)

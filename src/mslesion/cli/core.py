@@ -7,20 +7,19 @@ from typing import Annotated
 
 import typer
 
-from mslesion.cli.app import app, console, parse_ints
-from mslesion.paper import (
-    PAPER_CLASSES,
-    PAPER_TABLE3,  # noqa: F401  (re-exported for other commands)
-)
+from mslesion.cli.app import app, console, joined, option, parse_ints
+from mslesion.config import DemoConfig, EvaluateConfig, SynthConfig, TrainConfig
+
+TRAIN, EVALUATE, DEMO, SYNTH = TrainConfig(), EvaluateConfig(), DemoConfig(), SynthConfig()
 
 
-@app.command()
-def synth(
+@app.command("synth")
+def synth_command(
     out: Annotated[Path, typer.Option("--out", "-o", help="Patch file to write (HDF5).")] = Path("cohort.h5"),
-    patients: Annotated[int, typer.Option(help="Number of synthetic patients.")] = 115,
-    lesions_scale: Annotated[float, typer.Option(help="Scale of the Table 1 lesion counts (1.0 ≈ 5,269).")] = 1.0,
-    labelled_only: Annotated[bool, typer.Option(help="Skip classes 1 and 4 (never trained on).")] = False,
-    seed: Annotated[int, typer.Option(help="Random seed; same seed ⇒ identical file contents.")] = 0,
+    patients: Annotated[int, option(SynthConfig, "patients")] = SYNTH.patients,
+    lesions_scale: Annotated[float, option(SynthConfig, "lesions_scale")] = SYNTH.lesions_scale,
+    labelled_only: Annotated[bool, option(SynthConfig, "labelled_only")] = SYNTH.labelled_only,
+    seed: Annotated[int, option(SynthConfig, "seed")] = SYNTH.seed,
     volumes: Annotated[int, typer.Option(help="Instead of patches, write this many whole-subject NIfTI "
                                               "volumes in a BIDS-style folder at --out.")] = 0,
     lesions_per_subject: Annotated[float, typer.Option(
@@ -29,7 +28,7 @@ def synth(
     quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
 ) -> None:
     """Generate the synthetic cohort (physically simulated QSM, FLAIR and lesion masks)."""
-    from mslesion.data.synth.cohort import SynthConfig, write_cohort
+    from mslesion.data.synth import write_cohort
 
     cfg = SynthConfig(patients=patients, lesions_scale=lesions_scale, labelled_only=labelled_only, seed=seed)
     if volumes:
@@ -44,7 +43,7 @@ def synth(
 def write_volumes(cfg, out: Path, n_subjects: int, lesions_per_subject: float | None, voxel_size: float,
                   quiet: bool) -> None:
     """`synth --volumes`: whole-subject scans; the brain keeps its size in mm whatever the voxel size."""
-    from mslesion.data.synth.volumes import generate_subject_volumes, subject_shape
+    from mslesion.data.synth import generate_subject_volumes, subject_shape
     from mslesion.errors import InputError
     from mslesion.progress import progress_bar
 
@@ -60,86 +59,76 @@ def write_volumes(cfg, out: Path, n_subjects: int, lesions_per_subject: float | 
                   f"{voxel_size:g} mm) to {out}")
 
 
-@app.command()
-def train(
+@app.command("train")
+def train_command(
     data: Annotated[Path, typer.Argument(help="Patch file (HDF5).")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Run folder.")] = Path("runs/train"),
-    channels: Annotated[str, typer.Option(help="Comma-separated channel names, in order.")] = "flair,qsm,mask",
-    classes: Annotated[str, typer.Option(help="Class map 'name=codes;name=codes'.")] = PAPER_CLASSES,
-    split: Annotated[str, typer.Option(help="paper | patient | predefined.")] = "paper",
-    augment: Annotated[str, typer.Option(help="full (48 symmetries, paper) | random | none.")] = "full",
-    input_norm: Annotated[str, typer.Option(help="zscore (per-channel scale) | zerocenter (the paper).")] = "zscore",
-    epochs: Annotated[int, typer.Option()] = 15,
-    batch_size: Annotated[int, typer.Option()] = 128,
-    lr: Annotated[float, typer.Option(help="Initial learning rate.")] = 0.01,
-    lr_milestones: Annotated[str, typer.Option(help="Epochs at which the rate is multiplied by 0.316.")] = "6,10",
-    oversample: Annotated[str, typer.Option(help="Copies per class in training, in class-map order.")] = "2,1",
-    val_fraction: Annotated[float, typer.Option(help="Part of the training set held out for validation.")] = 0.0,
-    val_every: Annotated[int, typer.Option(help="Validate every N epochs (and after the last).")] = 1,
-    select: Annotated[str, typer.Option(help="Weights kept: last | val_auc | val_accuracy | val_loss.")] = "last",
-    cv: Annotated[int, typer.Option(help="Patient-grouped stratified folds (0 = use --split).")] = 0,
+    out: Annotated[Path, option(TrainConfig, "out", "--out", "-o")] = Path(TRAIN.out),
+    channels: Annotated[str, option(TrainConfig, "channels")] = joined(TRAIN.channels),
+    classes: Annotated[str, option(TrainConfig, "classes")] = TRAIN.classes,
+    split: Annotated[str, option(TrainConfig, "split")] = TRAIN.split,
+    train_fraction: Annotated[float, option(TrainConfig, "train_fraction")] = TRAIN.train_fraction,
+    augment: Annotated[str, option(TrainConfig, "augment")] = TRAIN.augment,
+    input_norm: Annotated[str, option(TrainConfig, "input_norm")] = TRAIN.input_norm,
+    epochs: Annotated[int, option(TrainConfig, "epochs")] = TRAIN.epochs,
+    batch_size: Annotated[int, option(TrainConfig, "batch_size")] = TRAIN.batch_size,
+    lr: Annotated[float, option(TrainConfig, "lr")] = TRAIN.lr,
+    lr_milestones: Annotated[str, option(TrainConfig, "lr_milestones")] = joined(TRAIN.lr_milestones),
+    oversample: Annotated[str, option(TrainConfig, "oversample")] = joined(TRAIN.oversample),
+    val_fraction: Annotated[float, option(TrainConfig, "val_fraction")] = TRAIN.val_fraction,
+    val_every: Annotated[int, option(TrainConfig, "val_every")] = TRAIN.val_every,
+    select: Annotated[str, option(TrainConfig, "select")] = TRAIN.select,
+    cv: Annotated[int, option(TrainConfig, "cv_folds", "--cv")] = TRAIN.cv_folds,
     fold: Annotated[int, typer.Option(help="With --cv: the fold used as test set.")] = 0,
-    seed: Annotated[int, typer.Option()] = 0,
-    device: Annotated[str, typer.Option(help="cpu | cuda | cuda:N.")] = "cpu",
-    precision: Annotated[str, typer.Option(help="auto | bf16 | fp32.")] = "auto",
-    threads: Annotated[int, typer.Option(help="CPU threads (0 = torch default).")] = 0,
+    seed: Annotated[int, option(TrainConfig, "seed")] = TRAIN.seed,
+    device: Annotated[str, option(TrainConfig, "device")] = TRAIN.device,
+    precision: Annotated[str, option(TrainConfig, "precision")] = TRAIN.precision,
+    threads: Annotated[int, option(TrainConfig, "threads")] = TRAIN.threads,
     resume: Annotated[bool, typer.Option(help="Continue an interrupted run from its last checkpoint.")] = False,
     quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
 ) -> None:
     """Train the paper's 3D CNN on a patch file and evaluate it on the held-out test split."""
-    from mslesion.config import TrainConfig
-    from mslesion.data.task import parse_channels
-    from mslesion.evaluate import metrics_table
-    from mslesion.train import train as run_training
+    from mslesion.config import parse_channels
+    from mslesion.distributed import is_main_process
+    from mslesion.evaluate import evaluate, metrics_table
+    from mslesion.train import train
 
     cfg = TrainConfig(
         data=str(data.resolve()), out=str(out), channels=parse_channels(channels), classes=classes, split=split,
-        augment=augment, input_norm=input_norm, epochs=epochs, batch_size=batch_size, lr=lr,
-        lr_milestones=parse_ints(lr_milestones, "--lr-milestones"),
+        train_fraction=train_fraction, augment=augment, input_norm=input_norm, epochs=epochs, batch_size=batch_size,
+        lr=lr, lr_milestones=parse_ints(lr_milestones, "--lr-milestones"),
         oversample=parse_ints(oversample, "--oversample"),
         val_fraction=val_fraction, val_every=val_every, select=select, cv_folds=cv, fold=fold if cv > 1 else -1,
         seed=seed, device=device, precision=precision, threads=threads,
     )
-    run_dir = run_training(cfg, resume=resume, show_progress=not quiet)
-    from mslesion.distributed import is_main_process
-
+    run_dir = train(cfg, resume=resume, show_progress=not quiet)
     if not is_main_process():  # under torchrun only rank 0 evaluates and writes
         return
-    metrics = _evaluate(run_dir, None, device)
+    metrics = evaluate(EvaluateConfig(run=str(run_dir), device=device))
     console.print(metrics_table(metrics, f"{run_dir}: test metrics"))
 
 
-@app.command()
-def evaluate(
+@app.command("evaluate")
+def evaluate_command(
     run: Annotated[Path, typer.Argument(help="Run folder written by `mslesion train`.")],
     data: Annotated[Path | None, typer.Argument(help="Patch file; default: the run's data, test split.")] = None,
-    device: Annotated[str, typer.Option()] = "cpu",
-    abstain: Annotated[float, typer.Option(help="Confidence below which a prediction is 'uncertain' (0 = never).")]
-    = 0.0,
+    device: Annotated[str, option(EvaluateConfig, "device")] = EVALUATE.device,
+    abstain: Annotated[float, option(EvaluateConfig, "abstain")] = EVALUATE.abstain,
 ) -> None:
     """Evaluate a trained run: metrics.json and predictions.csv in the run folder, and a table."""
-    from mslesion.evaluate import metrics_table
+    from mslesion.evaluate import evaluate, metrics_table
 
-    metrics = _evaluate(run, data, device, abstain)
+    metrics = evaluate(EvaluateConfig(run=str(run), data=str(data or ""), device=device, abstain=abstain))
     console.print(metrics_table(metrics, f"{run}: {'test' if data is None else data} metrics"))
 
 
-def _evaluate(run: Path, data: Path | None, device: str, abstain: float = 0.0) -> dict:
-    from mslesion.config import EvaluateConfig
-    from mslesion.evaluate import evaluate as run_evaluation
-
-    return run_evaluation(EvaluateConfig(run=str(run), data=str(data or ""), device=device, abstain=abstain))
-
-
-@app.command()
-def demo(
-    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the cohort and the runs.")] = Path("demo_runs"),
-    full: Annotated[bool, typer.Option(help="The paper protocol: full cohort, 48 symmetries, 15 epochs (hours on "
-                                            "a CPU; minutes on a GPU).")] = False,
-    device: Annotated[str, typer.Option()] = "cpu",
-    seed: Annotated[int, typer.Option()] = 0,
+@app.command("demo")
+def demo_command(
+    out: Annotated[Path, option(DemoConfig, "out", "--out", "-o")] = Path(DEMO.out),
+    full: Annotated[bool, option(DemoConfig, "full")] = DEMO.full,
+    device: Annotated[str, option(DemoConfig, "device")] = DEMO.device,
+    seed: Annotated[int, option(DemoConfig, "seed")] = DEMO.seed,
 ) -> None:
     """Generate a synthetic cohort, train all 7 channel combinations and print a Table-3-style result."""
     from mslesion.demo import run_demo
 
-    run_demo(out, full=full, device=device, seed=seed, console=console)
+    run_demo(DemoConfig(out=str(out), full=full, device=device, seed=seed), console=console)

@@ -7,14 +7,17 @@ from typing import Annotated
 
 import typer
 
-from mslesion.cli.app import app, console
+from mslesion.cli.app import app, console, option
+from mslesion.config import MedMNISTImportConfig
+
+IMPORT = MedMNISTImportConfig()
 
 
 @app.command("import-medmnist")
-def import_medmnist(
+def import_medmnist_command(
     source: Annotated[Path, typer.Argument(help="MedMNIST-3D-style npz (train_/val_/test_ images and labels).")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="HDF5 patch file to write.")],
-    channel_name: Annotated[str, typer.Option(help="Name of the image channel (e.g. ct, mra).")] = "image",
+    out: Annotated[Path, option(MedMNISTImportConfig, "out", "--out", "-o")],
+    channel_name: Annotated[str, option(MedMNISTImportConfig, "channel_name")] = IMPORT.channel_name,
     class_names: Annotated[str, typer.Option(help="Comma-separated names of classes 0, 1, ... (default: "
                                                   "MedMNIST's names where known, else class0, class1, ...).")] = "",
 ) -> None:
@@ -24,12 +27,11 @@ def import_medmnist(
     `train --classes` is printed and stored in the file attribute `class_map`. Images are scaled to [0, 1].
     MedMNIST has no patient ids: each sample gets its own.
     """
-    from mslesion.data.medmnist import MedMNISTImportConfig, split_summary
-    from mslesion.data.medmnist import import_medmnist as run_import
+    from mslesion.data.medmnist import import_medmnist, split_summary
 
     names = tuple(n.strip() for n in class_names.split(",") if n.strip())
     cfg = MedMNISTImportConfig(source=str(source), out=str(out), channel_name=channel_name, class_names=names)
-    patches = run_import(cfg)
+    patches = import_medmnist(cfg)
     class_map = str(patches.attrs["class_map"])
     size = patches.patch_shape[0]
     console.print(f"wrote {len(patches)} patches ({size}³, channel '{channel_name}') to {out}")

@@ -10,7 +10,6 @@ QSM but the label belongs to the lesion in the mask.
 from __future__ import annotations
 
 import csv
-import io
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,72 +17,18 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from mslesion.atomic import atomic_path
-from mslesion.config import to_dict
-from mslesion.data.nifti import Grid, load_aligned
+from mslesion.atomic import atomic_path, csv_text
+from mslesion.config import ExtractConfig, LesionFinding, to_dict
+from mslesion.data.intensity import NORMALISATION, normalised
+from mslesion.data.nifti import ImageGrid, load_aligned
 from mslesion.data.patches import PatchSet, write_patches
 from mslesion.data.subjects import Subject
 from mslesion.errors import InputError
 from mslesion.paper import MS_CHANNELS
 from mslesion.progress import progress_bar
 
-# QSM is stored in ppm; tissue susceptibility differences stay well under 1 ppm in a skull-stripped brain,
-# so a 99th percentile of |χ| above 5 can only be ppb (about 1000× larger).
-PPB_THRESHOLD = 5.0
-# Normal-appearing tissue for FLAIR scaling: outside lesions and above 10% of the 99th percentile, which
-# drops the zero background of skull-stripped scans and most CSF.
-TISSUE_FRACTION = 0.1
-NORMALISATION = {
-    "flair": "divided by the median FLAIR of normal-appearing tissue (outside lesions, above 10% of the 99th "
-             "percentile), so that normal tissue is 1",
-    "qsm": "ppm; inputs in ppb (99th percentile |value| > 5) divided by 1000",
-    "non_finite": "NaN and infinite voxels set to 0",
-}
 LESION_COLUMNS = ("subject", "lesion", "voxels", "volume_mm3", "centre_i", "centre_j", "centre_k",
                   "x_mm", "y_mm", "z_mm", "label")
-
-
-@dataclass(frozen=True)
-class ExtractConfig:
-    """Extraction of lesion patches from NIfTI subjects (`mslesion extract`)."""
-
-    out: str = "patches.h5"
-    """Patch file to write; the per-lesion CSV and this config (JSON) are written beside it."""
-    channels: tuple[str, ...] = ()
-    """Channels to extract, in order (flair, qsm, mask); empty = those every subject has."""
-    patch_size: int = 35
-    """Edge of the cubic patch in voxels (the paper: 35)."""
-    min_volume_mm3: float = 10.0
-    """Lesions (components) smaller than this are dropped."""
-    connectivity: int = 6
-    """6 (faces) or 26 (faces, edges and corners) for connected components of a binary mask."""
-    instances: bool = False
-    """The mask is an instance map (one integer id per lesion) instead of a binary mask."""
-    resample: bool = False
-    """Resample images that are not on the reference grid (QSM, else FLAIR, else mask) instead of failing."""
-    voxel_size_mm: tuple[float, ...] = ()
-    """Resample every subject to this voxel size (3 values, or 1 for isotropic); empty = keep the grid."""
-
-    def __post_init__(self) -> None:
-        if self.patch_size < 1:
-            raise InputError(f"--patch-size must be positive, got {self.patch_size}")
-        if self.min_volume_mm3 < 0:
-            raise InputError(f"--min-volume must be ≥ 0, got {self.min_volume_mm3}")
-        if self.connectivity not in (6, 26):
-            raise InputError(f"--connectivity must be 6 or 26, got {self.connectivity}")
-        unknown = [c for c in self.channels if c not in MS_CHANNELS]
-        if unknown or len(set(self.channels)) != len(self.channels):
-            raise InputError(f"--channels must be distinct names among {', '.join(MS_CHANNELS)}, "
-                             f"got {','.join(self.channels)}")
-        if len(self.voxel_size_mm) not in (0, 1, 3) or any(v <= 0 for v in self.voxel_size_mm):
-            raise InputError(f"--voxel-size must be 1 or 3 positive numbers, got {self.voxel_size_mm}")
-
-    @property
-    def target_voxel_size(self) -> tuple[float, float, float] | None:
-        if not self.voxel_size_mm:
-            return None
-        v = self.voxel_size_mm
-        return (v[0], v[0], v[0]) if len(v) == 1 else (v[0], v[1], v[2])
 
 
 @dataclass
@@ -91,7 +36,7 @@ class SubjectLesions:
     """The lesions of one subject: patches, labels, a per-lesion table and the map they came from."""
 
     subject: str
-    grid: Grid
+    grid: ImageGrid
     lesion_map: np.ndarray  # int32 canonical array: lesion id per voxel (0 elsewhere, small lesions included)
     lesion_ids: np.ndarray  # int64 [n] ids of the kept lesions
     patches: np.ndarray  # float32 [n, C, p, p, p]
@@ -124,10 +69,10 @@ def extract_subject(subject: Subject, cfg: ExtractConfig, channels: tuple[str, .
     elif subject.phenotype is not None:
         paths["phenotype"] = subject.phenotype
     reference = next(r for r in ("qsm", "flair", "mask") if r in paths)
-    grid, arrays = load_aligned(paths, reference, cfg.resample, cfg.target_voxel_size)
-    lesion_map = lesion_components(arrays["mask"], cfg, subject.mask)
+    grid, arrays = load_aligned(paths, reference, cfg.finding.resample, cfg.finding.target_voxel_size)
+    lesion_map = lesion_components(arrays["mask"], cfg.finding, subject.mask)
     notes: list[str] = []
-    ids, sizes = kept_lesions(lesion_map, grid.voxel_volume_mm3, cfg.min_volume_mm3)
+    ids, sizes = kept_lesions(lesion_map, grid.voxel_volume_mm3, cfg.finding.min_volume_mm3)
     check_patch_fits(cfg.patch_size, grid.shape, subject.mask)
     images = {c: normalised(c, arrays[c], lesion_map > 0, notes, subject.image(c)) for c in channels if c != "mask"}
     objects = ndimage.find_objects(lesion_map)
@@ -151,7 +96,7 @@ def cut_patches(lesion_map: np.ndarray, ids: np.ndarray, centres: np.ndarray, im
     return patches
 
 
-def lesion_components(mask: np.ndarray, cfg: ExtractConfig, path: Path) -> np.ndarray:
+def lesion_components(mask: np.ndarray, cfg: LesionFinding, path: Path) -> np.ndarray:
     """Lesion id per voxel: connected components of a binary mask, or the values of an instance map."""
     if not np.isfinite(mask).all():
         raise InputError("the lesion mask contains NaN or infinite values", path)
@@ -187,7 +132,7 @@ def check_patch_fits(patch_size: int, shape: tuple[int, ...], path: Path) -> Non
         raise InputError(f"patch size {patch_size} is larger than the volume {'×'.join(map(str, shape))}", path)
 
 
-def lesion_centre(lesion_map: np.ndarray, box: tuple[slice, ...], lesion: int, grid: Grid) -> np.ndarray:
+def lesion_centre(lesion_map: np.ndarray, box: tuple[slice, ...], lesion: int, grid: ImageGrid) -> np.ndarray:
     """Centre of mass rounded to a voxel; the nearest lesion voxel (in mm) if that falls outside the lesion."""
     inside = lesion_map[box] == lesion
     coords = np.argwhere(inside)
@@ -209,36 +154,6 @@ def crop_patch(volume: np.ndarray, centre: np.ndarray, size: int) -> np.ndarray:
         dst.append(slice(lo - start[axis], hi - start[axis]))
     out[tuple(dst)] = volume[tuple(src)]
     return out
-
-
-def normalised(channel: str, data: np.ndarray, lesions: np.ndarray, notes: list[str], path: Path | None) -> np.ndarray:
-    """Intensities comparable across subjects: FLAIR over normal tissue, QSM in ppm; NaN/inf → 0."""
-    bad = ~np.isfinite(data)
-    if bad.any():
-        data = np.where(bad, np.float32(0), data)
-        notes.append(f"{channel}: {int(bad.sum())} NaN/infinite voxels set to 0 ({path})")
-    if channel == "qsm":
-        return qsm_in_ppm(data, notes)
-    return flair_normalised(data, lesions, path)
-
-
-def qsm_in_ppm(data: np.ndarray, notes: list[str]) -> np.ndarray:
-    values = np.abs(data[data != 0])
-    if values.size and float(np.percentile(values[:: max(1, values.size // 200_000)], 99)) > PPB_THRESHOLD:
-        notes.append("qsm: values look like ppb (99th percentile |χ| > 5); divided by 1000 to ppm")
-        return data / np.float32(1000)
-    return data
-
-
-def flair_normalised(data: np.ndarray, lesions: np.ndarray, path: Path | None) -> np.ndarray:
-    positive = data[data > 0]
-    if positive.size == 0:
-        raise InputError("FLAIR has no positive voxels", path)
-    threshold = TISSUE_FRACTION * float(np.percentile(positive[:: max(1, positive.size // 200_000)], 99))
-    tissue = data[(data > threshold) & ~lesions]
-    if tissue.size == 0:
-        raise InputError("FLAIR has no normal-appearing tissue outside the lesion mask", path)
-    return data / np.float32(np.median(tissue))
 
 
 def lesion_labels(
@@ -283,7 +198,7 @@ def read_lesion_labels(path: Path) -> dict[int, int]:
     return labels
 
 
-def lesion_records(subject: str, ids, sizes, centres, labels, grid: Grid) -> list[dict]:
+def lesion_records(subject: str, ids, sizes, centres, labels, grid: ImageGrid) -> list[dict]:
     """Per-lesion rows; voxel centres are indices in the input image's own orientation."""
     rows = []
     homogeneous = np.c_[centres, np.ones(len(centres))] if len(centres) else np.zeros((0, 4))
@@ -296,14 +211,6 @@ def lesion_records(subject: str, ids, sizes, centres, labels, grid: Grid) -> lis
                      "volume_mm3": round(float(sizes[n]) * grid.voxel_volume_mm3, 3), "centre_i": i, "centre_j": j,
                      "centre_k": k, "x_mm": x, "y_mm": y, "z_mm": z, "label": int(labels[n])})
     return rows
-
-
-def csv_text(rows: list[dict], columns: tuple[str, ...]) -> str:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(columns), extrasaction="ignore", lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    return buffer.getvalue()
 
 
 def extract_subjects(

@@ -18,13 +18,12 @@ What the import does and why:
 from __future__ import annotations
 
 import hashlib
-import re
 import zipfile
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from mslesion.config import MedMNISTImportConfig
 from mslesion.data.patches import SPLIT_NAMES, PatchSet, write_patches
 from mslesion.errors import InputError
 
@@ -34,30 +33,6 @@ KNOWN_CLASS_NAMES = {
     "vesselmnist3d": ("vessel", "aneurysm"),
 }
 REQUIRED_SPLITS = ("train", "test")
-_NAME_PATTERN = re.compile(r"^[A-Za-z0-9_.+-]+$")
-
-
-@dataclass(frozen=True)
-class MedMNISTImportConfig:
-    """Import of a MedMNIST-3D-style npz into an HDF5 patch file."""
-
-    source: str = ""
-    """The npz file (keys train_/val_/test_ images and labels)."""
-    out: str = ""
-    """HDF5 patch file to write (atomically)."""
-    channel_name: str = "image"
-    """Name of the one image channel (e.g. ct, mra); pass it to `train --channels`."""
-    class_names: tuple[str, ...] = ()
-    """Names of classes 0..K-1 in label order; default: known MedMNIST names, else class0, class1, ..."""
-
-    def __post_init__(self) -> None:
-        if not _NAME_PATTERN.match(self.channel_name):
-            raise InputError(f"--channel-name {self.channel_name!r}: use letters, digits, '_', '-', '.', '+'")
-        for name in self.class_names:
-            if not _NAME_PATTERN.match(name):
-                raise InputError(f"class name {name!r}: use letters, digits, '_', '-', '.', '+' (no ',;=')")
-        if len(set(self.class_names)) != len(self.class_names):
-            raise InputError(f"class names must be distinct, got {','.join(self.class_names)}")
 
 
 def read_npz_splits(path: str | Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:

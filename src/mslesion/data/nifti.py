@@ -22,7 +22,7 @@ AFFINE_ATOL = 1e-3
 
 
 @dataclass
-class Grid:
+class ImageGrid:
     """The voxel grid of a subject: shape and affine of the canonical arrays, and how to undo the reorientation."""
 
     shape: tuple[int, int, int]
@@ -98,8 +98,8 @@ def reference_with_voxel_size(img: nib.Nifti1Image, voxel_size_mm: tuple[float, 
     return resample_to_output(img, voxel_sizes=voxel_size_mm, order=1)
 
 
-def grid_of(canonical_img: nib.Nifti1Image, original: nib.Nifti1Image) -> Grid:
-    return Grid(
+def grid_of(canonical_img: nib.Nifti1Image, original: nib.Nifti1Image) -> ImageGrid:
+    return ImageGrid(
         shape=tuple(int(s) for s in canonical_img.shape[:3]),  # type: ignore[arg-type]
         affine=np.asarray(canonical_img.affine, dtype=np.float64),
         original_affine=np.asarray(original.affine, dtype=np.float64),
@@ -107,7 +107,7 @@ def grid_of(canonical_img: nib.Nifti1Image, original: nib.Nifti1Image) -> Grid:
     )
 
 
-def to_original_orientation(data: np.ndarray, grid: Grid) -> nib.Nifti1Image:
+def to_original_orientation(data: np.ndarray, grid: ImageGrid) -> nib.Nifti1Image:
     """A NIfTI image of canonical `data` ([X, Y, Z] or [X, Y, Z, T]) in the original orientation of `grid`."""
     img = nib.Nifti1Image(data, grid.affine)
     back = orientations.ornt_transform(
@@ -125,7 +125,7 @@ LABEL_ROLES = ("mask", "phenotype")
 def load_aligned(
     paths: dict[str, Path], reference_role: str, resample: bool = False,
     voxel_size_mm: tuple[float, float, float] | None = None,
-) -> tuple[Grid, dict[str, np.ndarray]]:
+) -> tuple[ImageGrid, dict[str, np.ndarray]]:
     """Load a subject's images onto one grid, as canonical (RAS) float32 arrays keyed by role.
 
     Without `resample`, every image must share the reference's shape and affine (else an InputError naming

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mslesion.errors import InputError
+from mslesion.paper import MS_CHANNELS
 
 MANIFEST_COLUMNS = ("subject", "flair", "qsm", "mask", "phenotype")
 _NIFTI = r"\.nii(?:\.gz)?$"
@@ -42,7 +43,7 @@ class Subject:
 
     @property
     def available_channels(self) -> tuple[str, ...]:
-        return tuple(c for c in ("flair", "qsm", "mask") if self.image(c) is not None)
+        return tuple(c for c in MS_CHANNELS if self.image(c) is not None)
 
 
 def subject_id_from_path(path: Path) -> str:

@@ -83,8 +83,12 @@ class Task:
         return replace(self, images=np.ascontiguousarray(self.images[:, index]), channels=tuple(channels))
 
 
-def load_task(path: str | Path, channels: tuple[str, ...], class_map: ClassMap) -> Task:
-    """Read a patch file for training/evaluation: map labels to classes and check every class has samples."""
+def load_task(path: str | Path, channels: tuple[str, ...], class_map: ClassMap | str) -> Task:
+    """Read a patch file for training/evaluation: map labels to classes and check every class has samples.
+
+    `class_map` may be given as its spec ('name=code,code;name=code'), as configs store it."""
+    if isinstance(class_map, str):
+        class_map = ClassMap.parse(class_map)
     known = {int(c) for g in class_map.codes for c in g} | {0, *TABLE1_NAMES}
     unknown: list[int] = []
 
@@ -110,10 +114,3 @@ def load_task(path: str | Path, channels: tuple[str, ...], class_map: ClassMap) 
         split=patches.split,
         source_path=str(path),
     )
-
-
-def parse_channels(text: str) -> tuple[str, ...]:
-    channels = tuple(c.strip().lower() for c in text.split(",") if c.strip())
-    if not channels:
-        raise InputError(f"no channels in {text!r}")
-    return channels

@@ -19,13 +19,13 @@ a harder, more honest test than a lesion-level one.
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
+from mslesion.config import SynthConfig
 from mslesion.data.patches import PatchSet, write_patches
 from mslesion.data.synth import physics
 from mslesion.data.synth.lesions import (
@@ -36,67 +36,15 @@ from mslesion.data.synth.lesions import (
     render_lesion,
     table1_codes,
 )
-from mslesion.errors import InputError
 from mslesion.paper import MS_CHANNELS, PAPER_PATIENTS, TABLE1_COUNTS, TRAINED_CODES
 
 SYNTH_VERSION = 1
 
 
-@dataclass(frozen=True)
-class SynthConfig:
-    """Parameters of the synthetic cohort (saved in the output file's attributes)."""
-
-    patients: int = 115
-    """Number of patients (ids sub-001, sub-002, ...)."""
-    lesions_scale: float = 1.0
-    """Lesions per patient relative to the paper: 1.0 with 115 patients gives Table 1's counts."""
-    labelled_only: bool = False
-    """Skip classes 1 and 4: the paper does not train on them and they are most of the generation time."""
-    patch_size: int = 35
-    """Patch edge in voxels (the paper's 35)."""
-    voxel_size_mm: float = 0.65
-    """Isotropic voxel size in mm."""
-    seed: int = 0
-    """Random seed: the same seed and parameters give bit-identical patches."""
-    fov_size: int = 64
-    """Edge (voxels) of the field of view simulated around each patch, for the dipole convolution."""
-    qsm_noise: float = 1.0
-    """Multiplier on every patient's field noise (0: noiseless field; QSM still has TKD artefacts)."""
-    neighbours_per_patch: float = 0.5
-    """Mean number of other lesions near each lesion (they appear in FLAIR and QSM, not in the mask)."""
-    veins_per_patch: float = 1.0
-    """Mean number of veins crossing each patch (paramagnetic on QSM), besides central veins."""
-
-    def __post_init__(self) -> None:
-        _check(isinstance(self.patients, int) and self.patients >= 1, f"patients >= 1, got {self.patients}")
-        _check(
-            math.isfinite(self.lesions_scale) and self.lesions_scale > 0,
-            f"lesions_scale must be > 0, got {self.lesions_scale}",
-        )
-        _check(
-            isinstance(self.patch_size, int) and 9 <= self.patch_size <= 128,
-            f"patch_size must be 9..128 voxels, got {self.patch_size}",
-        )
-        _check(
-            isinstance(self.fov_size, int) and self.patch_size <= self.fov_size <= 256,
-            f"fov_size must be patch_size..256 voxels, got {self.fov_size}",
-        )
-        _check(0.1 <= self.voxel_size_mm <= 5.0, f"voxel_size_mm must be 0.1..5, got {self.voxel_size_mm}")
-        _check(
-            isinstance(self.seed, int) and self.seed >= 0, f"seed must be an integer >= 0, got {self.seed}"
-        )
-        for name in ("qsm_noise", "neighbours_per_patch", "veins_per_patch"):
-            value = getattr(self, name)
-            _check(math.isfinite(value) and value >= 0, f"{name} must be >= 0, got {value}")
-
-    def describe(self) -> str:
-        settings = ", ".join(f"{k}={v}" for k, v in asdict(self).items())
-        return f"mslesion.data.synth v{SYNTH_VERSION} ({settings})"
-
-
-def _check(ok: bool, problem: str) -> None:
-    if not ok:
-        raise InputError(f"synthetic cohort: {problem}")
+def describe(cfg: SynthConfig) -> str:
+    """The generator and its settings, as stored in the `source` attribute of every file it writes."""
+    settings = ", ".join(f"{k}={v}" for k, v in asdict(cfg).items())
+    return f"mslesion.data.synth v{SYNTH_VERSION} ({settings})"
 
 
 @dataclass(frozen=True)
@@ -247,7 +195,7 @@ def generate_cohort(cfg: SynthConfig, progress: Callable[[int, int], None] | Non
         lesions=np.array([lesion_id for _, lesion_id, _ in plan], dtype=np.int64),
         channels=MS_CHANNELS,
         voxel_size_mm=(cfg.voxel_size_mm,) * 3,
-        source=cfg.describe(),
+        source=describe(cfg),
         attrs={"synth_version": SYNTH_VERSION, "synth_config": json.dumps(asdict(cfg)),
                **{f"synth_{k}": v for k, v in asdict(cfg).items()}},
     )

@@ -29,8 +29,9 @@ import numpy as np
 from scipy import ndimage
 
 from mslesion.atomic import atomic_path, write_atomic, write_json
+from mslesion.config import SynthConfig
 from mslesion.data.synth import physics
-from mslesion.data.synth.cohort import PatientEffects, SynthConfig, patient_id
+from mslesion.data.synth.cohort import PatientEffects, describe, patient_id
 from mslesion.data.synth.lesions import VEIN_CHI_PPM, draw_code, draw_lesion, render_lesion, table1_codes
 from mslesion.errors import InputError
 from mslesion.paper import PAPER_PATIENTS, TABLE1_COUNTS
@@ -186,7 +187,7 @@ def generate_subject_volumes(
     out_dir = Path(out_dir)
     write_json(out_dir / "dataset_description.json", {
         "Name": "mslesion synthetic cohort", "BIDSVersion": "1.9.0", "DatasetType": "derivative",
-        "GeneratedBy": [{"Name": "mslesion.data.synth.volumes", "Description": cfg.describe()}],
+        "GeneratedBy": [{"Name": "mslesion.data.synth.volumes", "Description": describe(cfg)}],
     })
     folders = []
     for index in range(n_subjects):
