@@ -150,8 +150,8 @@ def render_component(
     rendered = render_lesion(parts, local)
     if rendered is None or rendered.inside.sum() < MIN_LESION_VOXELS:
         return None
-    if len(parts) > 1 and ndimage.label(rendered.inside)[1] != 1:
-        return None  # parts that did not grow together: not a confluent lesion
+    if ndimage.label(rendered.inside)[1] != 1:
+        return None  # resampling broke a thin bridge (6-connected, as extract counts): not one lesion
     owned = [np.any(rendered.inside & (rendered.owner == n)) for n in range(len(parts))]
     if not all(owned):
         return None  # a part swallowed by the others
