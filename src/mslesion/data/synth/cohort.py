@@ -31,14 +31,14 @@ from mslesion.data.synth import physics
 from mslesion.data.synth.lesions import (
     VEIN_CHI_PPM,
     draw_code,
-    draw_lesion,
+    draw_component,
     place_neighbour,
     render_lesion,
     table1_codes,
 )
 from mslesion.paper import MS_CHANNELS, PAPER_PATIENTS, TABLE1_COUNTS, TRAINED_CODES
 
-SYNTH_VERSION = 1
+SYNTH_VERSION = 2  # 2: real lesion shapes (shapes.py), confluent lesions
 
 
 def describe(cfg: SynthConfig) -> str:
@@ -86,9 +86,9 @@ def synth_patch(cfg: SynthConfig, patient: PatientEffects, code: int, rng: np.ra
     # Voxel (start + p // 2) of the field of view is at 0 mm; the lesion centre is jittered within a voxel
     # as a segmentation centroid would be.
     fov = physics.SimulationGrid((n, n, n), voxel, ((-(start + p // 2)) * voxel,) * 3)
-    centred = draw_lesion(rng, code, rng.uniform(-0.5, 0.5, 3) * voxel)
+    centred = draw_component(rng, code, rng.uniform(-0.5, 0.5, 3) * voxel)
     neighbours = [
-        place_neighbour(rng, centred, draw_lesion(rng, draw_code(rng, table1_codes(False))))
+        place_neighbour(rng, centred, draw_component(rng, draw_code(rng, table1_codes(False))))
         for _ in range(int(rng.poisson(cfg.neighbours_per_patch)))
     ]
     chi = np.zeros(fov.shape, np.float32)
@@ -99,8 +99,7 @@ def synth_patch(cfg: SynthConfig, patient: PatientEffects, code: int, rng: np.ra
         if rendered is None:
             continue
         chi[rendered.box] += rendered.chi_ppm
-        excess = rendered.fraction * np.float32(lesion.flair_excess)
-        np.maximum(flair_excess[rendered.box], excess, out=flair_excess[rendered.box])
+        np.maximum(flair_excess[rendered.box], rendered.flair_excess, out=flair_excess[rendered.box])
         if index == 0:
             mask[rendered.box] = rendered.inside
     for _ in range(int(rng.poisson(cfg.veins_per_patch))):

@@ -3,8 +3,10 @@
 Each subject is an ellipsoidal "brain" (grey matter around white matter, two ventricles) holding lesions
 drawn and rendered exactly as in the patch generator (`lesions.draw_lesion`, `lesions.render_lesion`), and its
 QSM is the same dipole forward model and TKD inversion (`physics.simulate_qsm`) applied to the whole
-susceptibility map. Lesions lie in white matter and never touch: at least two voxels separate any two, so
-26-connected components of the mask are exactly the lesions.
+susceptibility map. Lesion shapes are real (`shapes`); about 3% of the lesions are confluent: real unions of
+2-5 lesions, each part with its own class in the phenotype map and its own row in lesions.csv. Components never
+touch: at least two voxels separate any two, so 26-connected components of the mask are exactly the
+`component`s of the table (a confluent union counted once; its `component_label` is 1 when its parts differ).
 
 Layout (BIDS-like):
   out_dir/dataset_description.json
@@ -12,8 +14,8 @@ Layout (BIDS-like):
   out_dir/sub-XXX/anat/sub-XXX_Chimap.nii.gz                float32, ppm
   out_dir/sub-XXX/anat/sub-XXX_label-lesion_mask.nii.gz     uint8 0/1
   out_dir/sub-XXX/anat/sub-XXX_desc-phenotype_dseg.nii.gz   uint8, Table 1 code of each lesion voxel
-  out_dir/sub-XXX/lesions.csv   ground truth: lesion_id, i, j, k (rounded centroid voxel), voxels, label
-                                (Table 1 code), x_mm, y_mm, z_mm (centroid in world RAS coordinates)
+  out_dir/sub-XXX/lesions.csv   ground truth, one row per lesion (part): lesion_id, component, i, j, k (rounded
+                                centroid voxel), voxels, label (Table 1 code), component_label, x_mm, y_mm, z_mm
 """
 
 from __future__ import annotations
@@ -32,7 +34,18 @@ from mslesion.atomic import atomic_path, write_atomic, write_json
 from mslesion.config import SynthConfig
 from mslesion.data.synth import physics
 from mslesion.data.synth.cohort import PatientEffects, describe, patient_id
-from mslesion.data.synth.lesions import VEIN_CHI_PPM, draw_code, draw_lesion, render_lesion, table1_codes
+from mslesion.data.synth.lesions import (
+    VEIN_CHI_PPM,
+    Lesion,
+    RenderedLesion,
+    draw_code,
+    draw_confluent,
+    draw_lesion,
+    group_extent,
+    is_confluent,
+    render_lesion,
+    table1_codes,
+)
 from mslesion.errors import InputError
 from mslesion.paper import PAPER_PATIENTS, TABLE1_COUNTS
 
@@ -44,6 +57,7 @@ FLAIR_WHITE_MATTER, FLAIR_GREY_MATTER, FLAIR_CSF = 1.0, 1.25, 0.15
 DEFAULT_SHAPE_MM = (96.0, 112.0, 96.0)  # field of view of a subject: a small adult brain at 1 mm
 LESION_GAP_VOXELS = 2  # free voxels around every lesion, so that lesions stay separate components
 MIN_LESION_VOXELS = 3
+PLACEMENT_TRIES = 200
 
 
 @dataclass
@@ -75,7 +89,7 @@ def brain_anatomy(grid: physics.SimulationGrid, rng: np.random.Generator) -> Ana
     semi = half * 0.9 * rng.uniform(0.95, 1.0, 3)
     radius2 = (x / semi[0]) ** 2 + (y / semi[1]) ** 2 + (z / semi[2]) ** 2
     brain = radius2 <= 1.0
-    white_matter = radius2 <= 0.72**2
+    white_matter = radius2 <= 0.8**2  # 0.8: room for the large real lesions (was 0.72 before SYNTH_VERSION 2)
     csf = np.zeros(grid.shape, bool)
     for side in (-1, 1):
         vx, vy, vz = semi * [0.12, 0.35, 0.12]
@@ -87,41 +101,89 @@ def brain_anatomy(grid: physics.SimulationGrid, rng: np.random.Generator) -> Ana
 def place_lesions(
     cfg: SynthConfig, grid: physics.SimulationGrid, anatomy: Anatomy, n_lesions: int, rng: np.random.Generator
 ) -> PlacedLesions:
-    """Draw lesions and keep each one that lies in white matter and clears earlier ones by the gap."""
+    """Place `n_lesions` lesions (connected components: single or confluent), apart by the gap.
+
+    A lesion is centred in white matter and lies in brain tissue: large real lesions (periventricular caps,
+    confluent lesions) reach grey matter and fit nowhere in this small white matter otherwise. Each drawn lesion
+    is rendered once around a voxel and tried at up to PLACEMENT_TRIES random white-matter voxels, the largest
+    first: drawing a new lesion after every miss would keep mostly small ones."""
     placed = PlacedLesions(np.zeros(grid.shape, np.int32), np.zeros(grid.shape, np.float32),
-                            np.zeros(grid.shape, np.float32))
+                           np.zeros(grid.shape, np.float32))
     candidates = np.argwhere(ndimage.binary_erosion(anatomy.white_matter, iterations=2))
-    gap = ndimage.generate_binary_structure(3, 3)  # 26-connected dilation: a cube around every voxel
-    for _attempt in range(n_lesions * 20):
-        if len(placed.table) == n_lesions:
+    tissue = anatomy.brain & ~anatomy.csf
+    drawn = [local for _ in range(n_lesions) if (local := render_component(cfg, grid.voxel_mm, rng)) is not None]
+    drawn.sort(key=lambda local: -int(local[1].inside.sum()))  # the largest first, while there is room
+    components = 0
+    for attempt in range(n_lesions * 3):
+        if components == n_lesions:
             break
-        centre = grid.voxel_mm * candidates[rng.integers(len(candidates))] + grid.origin_mm
-        lesion = draw_lesion(rng, draw_code(rng, table1_codes(cfg.labelled_only)), centre)
-        rendered = render_lesion(lesion, grid)
-        if rendered is None or rendered.inside.sum() < MIN_LESION_VOXELS:
+        local = drawn[attempt] if attempt < len(drawn) else render_component(cfg, grid.voxel_mm, rng)
+        if local is None:
             continue
-        box = rendered.box
-        footprint = ndimage.binary_dilation(rendered.inside, gap, iterations=LESION_GAP_VOXELS)
-        if placed.labels[box][footprint].any() or not anatomy.white_matter[box][footprint].all():
-            continue
-        touches_edge = any(s.start == 0 or s.stop == n for s, n in zip(box, grid.shape, strict=True))
-        if touches_edge:
-            continue
-        lesion_id = len(placed.table) + 1
-        placed.labels[box][rendered.inside] = lesion_id
-        placed.chi_ppm[box] += rendered.chi_ppm
-        excess = rendered.fraction * np.float32(lesion.flair_excess)
-        np.maximum(placed.flair_excess[box], excess, out=placed.flair_excess[box])
-        voxels = np.argwhere(rendered.inside) + [s.start for s in box]
+        parts, rendered, footprint = local
+        half = np.asarray(rendered.inside.shape) // 2
+        for _try in range(PLACEMENT_TRIES):
+            corner = candidates[rng.integers(len(candidates))] - half
+            box = tuple(slice(int(c), int(c) + n) for c, n in zip(corner, footprint.shape, strict=True))
+            if min(corner) < 1 or any(b.stop >= n for b, n in zip(box, grid.shape, strict=True)):
+                continue  # lesions never touch the volume's edge
+            if placed.labels[box][footprint].any() or not tissue[box][rendered.inside].all():
+                continue
+            components += 1
+            add_component(placed, grid, parts, rendered, box, components)
+            break
+    return placed
+
+
+def render_component(
+    cfg: SynthConfig, voxel_mm: float, rng: np.random.Generator
+) -> tuple[list[Lesion], RenderedLesion, np.ndarray] | None:
+    """A lesion (its parts) rendered on a local grid centred on a voxel, and its footprint (lesion + gap).
+
+    Everything on the subject grid is voxel-aligned, so the local rendering moves to any voxel unchanged."""
+    codes = table1_codes(cfg.labelled_only)
+    if is_confluent(rng):
+        parts = draw_confluent(rng, lambda n: [draw_code(rng, codes) for _ in range(n)])
+    else:
+        parts = [draw_lesion(rng, draw_code(rng, codes))]
+    reach = int(np.ceil(group_extent(parts, np.zeros(3)) / voxel_mm)) + LESION_GAP_VOXELS + 2
+    local = physics.SimulationGrid((2 * reach + 1,) * 3, voxel_mm, (-reach * voxel_mm,) * 3)
+    rendered = render_lesion(parts, local)
+    if rendered is None or rendered.inside.sum() < MIN_LESION_VOXELS:
+        return None
+    if ndimage.label(rendered.inside)[1] != 1:
+        return None  # resampling broke a thin bridge (6-connected, as extract counts): not one lesion
+    owned = [np.any(rendered.inside & (rendered.owner == n)) for n in range(len(parts))]
+    if not all(owned):
+        return None  # a part swallowed by the others
+    gap = ndimage.generate_binary_structure(3, 3)  # 26-connected dilation: a cube around every voxel
+    footprint = ndimage.binary_dilation(rendered.inside, gap, iterations=LESION_GAP_VOXELS)
+    return parts, rendered, footprint
+
+
+def add_component(
+    placed: PlacedLesions, grid: physics.SimulationGrid, parts: list[Lesion], rendered: RenderedLesion,
+    box: tuple[slice, ...], component: int,
+) -> None:
+    """Write a rendered lesion at `box` and one truth-table row per part."""
+    first = len(placed.table) + 1
+    ids = np.where(rendered.inside, rendered.owner.astype(np.int32) + first, 0)
+    placed.labels[box] = np.where(rendered.inside, ids, placed.labels[box])
+    placed.chi_ppm[box] += rendered.chi_ppm
+    np.maximum(placed.flair_excess[box], rendered.flair_excess, out=placed.flair_excess[box])
+    codes = {p.code for p in parts}
+    component_label = parts[0].code if len(codes) == 1 else 1  # the paper: merged lesions are unclassified
+    start = np.array([b.start for b in box])
+    for n, part in enumerate(parts):
+        voxels = np.argwhere(ids == first + n) + start
         centroid = voxels.mean(axis=0)
         i, j, k = np.rint(centroid).astype(int)
         x, y, z = np.asarray(grid.origin_mm) + centroid * grid.voxel_mm
         placed.table.append({
-            "lesion_id": lesion_id, "i": int(i), "j": int(j), "k": int(k), "voxels": int(len(voxels)),
-            "label": lesion.code, "x_mm": round(float(x), 3), "y_mm": round(float(y), 3),
-            "z_mm": round(float(z), 3),
+            "lesion_id": first + n, "component": component, "i": int(i), "j": int(j), "k": int(k),
+            "voxels": int(len(voxels)), "label": part.code, "component_label": component_label,
+            "x_mm": round(float(x), 3), "y_mm": round(float(y), 3), "z_mm": round(float(z), 3),
         })
-    return placed
 
 
 def subject_images(
@@ -237,7 +299,7 @@ def write_nifti(path: Path, image: np.ndarray, affine: np.ndarray) -> None:
 
 
 def write_lesion_table(path: Path, table: list[dict[str, int | float]]) -> None:
-    columns = ["lesion_id", "i", "j", "k", "voxels", "label", "x_mm", "y_mm", "z_mm"]
+    columns = ["lesion_id", "component", "i", "j", "k", "voxels", "label", "component_label", "x_mm", "y_mm", "z_mm"]
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
     writer.writeheader()
