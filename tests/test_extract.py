@@ -78,7 +78,7 @@ def cfg(tmp_path: Path, patch_size: int = 35, channels: tuple[str, ...] = (), **
 
 def test_lesions_centres_labels_and_patches(tmp_path):
     subject = write_subject(tmp_path / "s")
-    result = extract_subject(subject, cfg(tmp_path, patch_size=15), ("flair", "qsm", "mask"))
+    result = extract_subject(subject, cfg(tmp_path, patch_size=23), ("flair", "qsm", "mask"))
     assert len(result) == len(LESIONS)
     world = {(r["x_mm"], r["y_mm"], r["z_mm"]): r for r in result.records}
     for centre, radius, code in LESIONS:
@@ -88,23 +88,23 @@ def test_lesions_centres_labels_and_patches(tmp_path):
         assert record["label"] == code
         assert record["voxels"] == int(ball((32, 32, 32), centre, radius).sum())
     mask_channel = result.patches[:, 2]
-    assert np.all(mask_channel[:, 7, 7, 7] == 1)  # every patch is centred on its lesion
+    assert np.all(mask_channel[:, 11, 11, 11] == 1)  # every patch is centred on its lesion
     assert set(np.unique(mask_channel)) == {0.0, 1.0}
     # FLAIR divided by normal tissue (~100): tissue ≈ 1, lesion ≈ 1.8; QSM stays in ppm.
-    assert result.patches[:, 0, 7, 7, 7] == pytest.approx(1.8, abs=0.05)
+    assert result.patches[:, 0, 11, 11, 11] == pytest.approx(1.8, abs=0.05)
     assert abs(np.median(result.patches[:, 0][mask_channel == 0]) - 1.0) < 0.05
     assert np.abs(result.patches[:, 1]).max() < 0.1
 
 
 def test_reorientation_gives_the_same_patches(tmp_path):
     """The same anatomy stored RAS and LPI gives identical patches and world coordinates."""
-    lpi = extract_subject(write_subject(tmp_path / "lpi"), cfg(tmp_path, patch_size=15), ("flair", "mask"))
+    lpi = extract_subject(write_subject(tmp_path / "lpi"), cfg(tmp_path, patch_size=23), ("flair", "mask"))
     flip = np.diag([-1.0, -1, -1, 1])
     ras_lesions = tuple((tuple(31 - c for c in centre), r, code) for centre, r, code in LESIONS)
     ras_affine = LPI_AFFINE @ np.array([[1.0, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]]) @ flip
     ras_affine[:3, 3] = (LPI_AFFINE @ [31, 31, 31, 1])[:3]
     ras = extract_subject(write_subject(tmp_path / "ras", affine=ras_affine, lesions=ras_lesions),
-                          cfg(tmp_path, patch_size=15), ("flair", "mask"))
+                          cfg(tmp_path, patch_size=23), ("flair", "mask"))
     key = lambda r: (r["x_mm"], r["y_mm"], r["z_mm"])  # noqa: E731
     assert sorted(map(key, lpi.records)) == sorted(map(key, ras.records))
     order_lpi = np.argsort([key(r) for r in lpi.records], axis=0)[:, 0]
@@ -123,8 +123,8 @@ def test_connectivity(connectivity, expected):
 
 def test_min_volume_drops_small_lesions(tmp_path):
     subject = write_subject(tmp_path / "s", lesions=(((10, 10, 10), 2, 3), ((22, 22, 22), 0.5, 3)))  # 33 vs 1 voxel
-    assert len(extract_subject(subject, cfg(tmp_path, patch_size=15), ("mask",))) == 1
-    assert len(extract_subject(subject, cfg(tmp_path, patch_size=15, min_volume_mm3=0), ("mask",))) == 2
+    assert len(extract_subject(subject, cfg(tmp_path, patch_size=23), ("mask",))) == 1
+    assert len(extract_subject(subject, cfg(tmp_path, patch_size=23, min_volume_mm3=0), ("mask",))) == 2
 
 
 def test_centre_outside_a_curved_lesion_moves_onto_it(tmp_path):
@@ -134,9 +134,9 @@ def test_centre_outside_a_curved_lesion_moves_onto_it(tmp_path):
     ring[:, :, 14:] = False  # a thick ring: its centre of mass is in the hole
     path = tmp_path / "ring_mask.nii.gz"
     nib.save(nib.Nifti1Image(ring.astype(np.uint8), np.eye(4)), path)
-    result = extract_subject(Subject("ring", path), cfg(tmp_path, patch_size=9), ("mask",))
+    result = extract_subject(Subject("ring", path), cfg(tmp_path, patch_size=23), ("mask",))
     assert len(result) == 1
-    assert result.patches[0, 0, 4, 4, 4] == 1
+    assert result.patches[0, 0, 11, 11, 11] == 1
     centre = np.array([result.records[0][k] for k in ("centre_i", "centre_j", "centre_k")])
     assert ring[tuple(centre)]
     assert np.linalg.norm(centre - 12) == pytest.approx(4.0, abs=1.01)  # the nearest lesion voxels: inner radius
@@ -151,31 +151,31 @@ def test_crop_pads_at_the_volume_edge():
 
 
 def test_instance_map_keeps_touching_lesions_apart(tmp_path):
-    data = np.zeros((20, 20, 20), np.int16)
+    data = np.zeros((24, 24, 24), np.int16)
     data[5:10, 5:10, 5:10] = 4
     data[10:15, 5:10, 5:10] = 9  # touching lesion with another id
     path = tmp_path / "inst_mask.nii.gz"
     nib.save(nib.Nifti1Image(data, np.eye(4)), path)
-    result = extract_subject(Subject("s", path), cfg(tmp_path, patch_size=9, instances=True), ("mask",))
+    result = extract_subject(Subject("s", path), cfg(tmp_path, patch_size=23, instances=True), ("mask",))
     assert result.lesion_ids.tolist() == [4, 9]
     assert [r["voxels"] for r in result.records] == [125, 125]
     with pytest.raises(InputError, match="--instances") as info:
-        extract_subject(Subject("s", path), cfg(tmp_path, patch_size=9), ("mask",))
+        extract_subject(Subject("s", path), cfg(tmp_path, patch_size=23), ("mask",))
     assert info.value.path == str(path)
 
 
 def test_labels_from_a_csv(tmp_path):
     subject = write_subject(tmp_path / "s")
-    first = extract_subject(subject, cfg(tmp_path, patch_size=15), ("mask",))
+    first = extract_subject(subject, cfg(tmp_path, patch_size=23), ("mask",))
     ids = first.lesion_ids.tolist()
     labels_csv = tmp_path / "labels.csv"
     labels_csv.write_text(f"lesion,label\n{ids[0]},2\n{ids[2]},5\n")
     with_csv = Subject(subject.id, subject.mask, subject.flair, subject.qsm, labels_csv)
-    result = extract_subject(with_csv, cfg(tmp_path, patch_size=15), ("mask",))
+    result = extract_subject(with_csv, cfg(tmp_path, patch_size=23), ("mask",))
     assert result.labels.tolist() == [2, 0, 5]
     labels_csv.write_text("lesion,label\n999,2\n")
     with pytest.raises(InputError, match="999"):
-        extract_subject(with_csv, cfg(tmp_path, patch_size=15), ("mask",))
+        extract_subject(with_csv, cfg(tmp_path, patch_size=23), ("mask",))
 
 
 def test_qsm_in_ppb_is_converted_and_nan_counted(tmp_path):
@@ -184,7 +184,7 @@ def test_qsm_in_ppb_is_converted_and_nan_counted(tmp_path):
     data = np.asarray(img.dataobj, np.float32)
     data[0, 0, :3] = np.nan
     nib.save(nib.Nifti1Image(data, img.affine), subject.qsm)
-    result = extract_subject(subject, cfg(tmp_path, patch_size=15), ("qsm", "mask"))
+    result = extract_subject(subject, cfg(tmp_path, patch_size=23), ("qsm", "mask"))
     assert np.abs(result.patches[:, 0]).max() < 0.1  # back in ppm
     assert np.isfinite(result.patches).all()
     assert any("ppb" in n for n in result.notes)
@@ -193,7 +193,7 @@ def test_qsm_in_ppb_is_converted_and_nan_counted(tmp_path):
 
 def test_run_extract_writes_patches_csv_and_record(tmp_path):
     subjects = [write_subject(tmp_path / "a", "sub-a"), write_subject(tmp_path / "b", "sub-b", seed=1)]
-    config = cfg(tmp_path, patch_size=15)
+    config = cfg(tmp_path, patch_size=23)
     run_extract(subjects, config, show_progress=False)
     patches = read_patches(config.out)
     assert patches.channels == ("flair", "qsm", "mask")
@@ -210,14 +210,14 @@ def test_cli_bids_folder_and_manifest(tmp_path, monkeypatch, capsys):
     bids = tmp_path / "bids"
     write_subject(bids / "sub-01" / "anat", "sub-01")
     write_subject(bids / "derivatives" / "qsm" / "sub-02" / "anat", "sub-02", seed=2)
-    code, text = run_cli(["extract", bids, "--out", tmp_path / "p.h5", "--patch-size", "15", "--quiet"],
+    code, text = run_cli(["extract", bids, "--out", tmp_path / "p.h5", "--patch-size", "23", "--quiet"],
                          monkeypatch, capsys)
     assert code == 0, text
     assert sorted(set(read_patches(tmp_path / "p.h5").patients)) == ["sub-01", "sub-02"]
     s = write_subject(tmp_path / "m", "x")
     manifest = tmp_path / "manifest.csv"
     manifest.write_text(f"subject,flair,qsm,mask,phenotype\nP1,m/{s.flair.name},,m/{s.mask.name},\n")
-    code, text = run_cli(["extract", manifest, "--out", tmp_path / "m.h5", "--patch-size", "15", "--quiet"],
+    code, text = run_cli(["extract", manifest, "--out", tmp_path / "m.h5", "--patch-size", "23", "--quiet"],
                          monkeypatch, capsys)
     assert code == 0, text
     patches = read_patches(tmp_path / "m.h5")
@@ -228,7 +228,7 @@ def test_cli_bids_folder_and_manifest(tmp_path, monkeypatch, capsys):
 def test_cli_subject_without_lesions_is_not_an_error(tmp_path, monkeypatch, capsys):
     subject = write_subject(tmp_path / "s", lesions=())
     code, text = run_cli(["extract", "--mask", subject.mask, "--flair", subject.flair, "--out", tmp_path / "e.h5",
-                          "--patch-size", "15", "--quiet"], monkeypatch, capsys)
+                          "--patch-size", "23", "--quiet"], monkeypatch, capsys)
     assert code == 0, text
     assert "no lesions" in text
     assert not (tmp_path / "e.h5").exists()  # nothing to train on; the empty table says so
@@ -270,19 +270,19 @@ def test_cli_bad_input_is_one_line_exit_2_and_no_output(case, tmp_path, monkeypa
 
 
 def test_resample_onto_the_reference_grid(tmp_path, monkeypatch, capsys):
-    s = write_subject(tmp_path / "s", "sub-1")
+    s = write_subject(tmp_path / "s", "sub-1", shape=(48, 48, 48))  # 24³ at 2 mm: room for a 23³ patch
     img = nib.load(s.flair)
     coarse = tmp_path / "coarse_FLAIR.nii.gz"
     nib.save(nib.Nifti1Image(np.asarray(img.dataobj)[::2, ::2, ::2], img.affine @ np.diag([2.0, 2, 2, 1])), coarse)
     code, text = run_cli(["extract", "--mask", s.mask, "--flair", coarse, "--out", tmp_path / "r.h5",
-                          "--patch-size", "15", "--quiet"], monkeypatch, capsys)
+                          "--patch-size", "23", "--quiet"], monkeypatch, capsys)
     assert code == 2 and "--resample" in text
     code, text = run_cli(["extract", "--mask", s.mask, "--flair", coarse, "--out", tmp_path / "r.h5",
-                          "--patch-size", "15", "--resample", "--quiet"], monkeypatch, capsys)
+                          "--patch-size", "23", "--resample", "--quiet"], monkeypatch, capsys)
     assert code == 0, text
     patches = read_patches(tmp_path / "r.h5")
     assert len(patches) == 3  # the lesions are found on the mask's (reference) grid
-    assert patches.images[:, 0, 7, 7, 7].min() > 1.3  # the FLAIR hyperintensity survives resampling
+    assert patches.images[:, 0, 11, 11, 11].min() > 1.3  # the FLAIR hyperintensity survives resampling
 
 
 def test_synth_volumes_voxel_size_and_lesion_rate(tmp_path, monkeypatch, capsys):

@@ -25,7 +25,7 @@ README_COUNTS = {
 }
 
 
-def toy_npz(path: Path, sizes=(12, 4, 6), size: int = 6, seed: int = 0, **override) -> Path:
+def toy_npz(path: Path, sizes=(12, 4, 6), size: int = 22, seed: int = 0, **override) -> Path:
     """A tiny MedMNIST-like npz: uint8 cubes, labels [N, 1] with both classes in every split."""
     rng = np.random.default_rng(seed)
     arrays = {}
@@ -49,7 +49,7 @@ def test_import_keeps_split_shifts_labels_and_scales(tmp_path: Path) -> None:
     raw = np.load(npz)
     out = convert(tmp_path, npz, channel_name="ct", class_names=("normal", "abnormal"))
     patches = read_patches(out)
-    assert patches.images.shape == (22, 1, 6, 6, 6) and patches.images.dtype == np.float32
+    assert patches.images.shape == (22, 1, 22, 22, 22) and patches.images.dtype == np.float32
     assert patches.channels == ("ct",)
     assert list(patches.split) == ["train"] * 12 + ["val"] * 4 + ["test"] * 6
     expected = np.concatenate([raw[f"{s}_labels"][:, 0] for s in ("train", "val", "test")]).astype(np.int64) + 1
@@ -62,8 +62,8 @@ def test_import_keeps_split_shifts_labels_and_scales(tmp_path: Path) -> None:
 
 def test_float_images_scaled_by_global_min_max(tmp_path: Path) -> None:
     rng = np.random.default_rng(1)
-    images = {f"{s}_images": rng.normal(5, 2, size=(n, 4, 4, 4)) for s, n in (("train", 6), ("val", 2), ("test", 4))}
-    patches = read_patches(convert(tmp_path, toy_npz(tmp_path / "f.npz", sizes=(6, 2, 4), size=4, **images)))
+    images = {f"{s}_images": rng.normal(5, 2, size=(n, 22, 22, 22)) for s, n in (("train", 6), ("val", 2), ("test", 4))}
+    patches = read_patches(convert(tmp_path, toy_npz(tmp_path / "f.npz", sizes=(6, 2, 4), size=22, **images)))
     assert patches.images.min() == pytest.approx(0.0, abs=1e-6) and patches.images.max() == pytest.approx(1.0)
     low = min(v.min() for v in images.values())
     np.testing.assert_allclose(patches.images[0, 0] * patches.attrs["intensity_scale"] + low,
@@ -96,7 +96,7 @@ def test_missing_val_split_is_allowed(tmp_path: Path) -> None:
         ({"test_labels": np.zeros((6, 3), np.uint8)}, "multi-label"),
         ({"test_labels": np.full((6, 1), -1)}, "negative"),
         ({"test_labels": np.full((6, 1), 0.5)}, "integer class indices"),
-        ({"val_images": np.full((4, 6, 6, 6), np.nan)}, "NaN"),
+        ({"val_images": np.full((4, 22, 22, 22), np.nan)}, "NaN"),
         ({"test_images": np.zeros((6, 5, 5, 5), np.uint8)}, "shapes differ"),
     ],
 )

@@ -59,7 +59,7 @@ def ablate(cfg: AblationConfig, show_progress: bool = True, console=None) -> dic
     for run in runs:
         check_finished_run_matches(run)
     wanted = tuple(dict.fromkeys(c for run in runs for c in run.channels))
-    full_task = load_task(cfg.data, wanted, cfg.train.classes)  # bad data fails before any output
+    full_task = load_task(cfg.data, wanted, cfg.train.classes).check_trainable()  # fails before any output
     write_ablation_config(Path(cfg.out), cfg)
     started = time.perf_counter()
     with grid_progress(show_progress, console) as progress:

@@ -106,6 +106,29 @@ def _abstain(value: float) -> None:
     _require(0 <= value < 1, f"--abstain must be in [0, 1), got {value}")
 
 
+def _finite(flag: str, value: float) -> None:
+    _require(isinstance(value, int | float) and math.isfinite(value), f"{flag} must be a finite number, got {value}")
+
+
+def _device(value: str) -> None:
+    # the form only: whether this machine has the device is runtime.parse_device's question
+    _require(bool(re.fullmatch(r"cpu|cuda(:\d+)?", value)), f"--device must be cpu, cuda or cuda:N, got {value!r}")
+
+
+def _threads(value: int) -> None:
+    _require(0 <= value <= 4096, f"--threads must be 0 (torch's default) or a positive count, got {value}")
+
+
+def _patch_size(flag: str, value: int) -> None:
+    _require(value >= paper.MIN_PATCH_SIZE, f"{flag} must be at least {paper.MIN_PATCH_SIZE} voxels (the smallest "
+             f"patch the paper's three conv/pool blocks accept), got {value}")
+
+
+def class_count(classes: str) -> int:
+    """How many classes a class-map spec names (its full check is data.task.ClassMap.parse)."""
+    return len([part for part in classes.split(";") if part.strip()])
+
+
 # --- train and evaluate ----------------------------------------------------------------------------------------
 
 
@@ -175,12 +198,29 @@ class TrainConfig:
         _choice("--input-norm", self.input_norm, INPUT_NORMS)
         _choice("--precision", self.precision, PRECISIONS)
         _choice("--select", self.select, SELECTIONS)
-        _require(self.epochs >= 1 and self.batch_size >= 1, "--epochs and --batch-size must be at least 1")
-        _require(0 < self.train_fraction < 1 and 0 <= self.val_fraction < 1,
-                 "--train-fraction must be in (0, 1) and --val-fraction in [0, 1)")
+        for flag, value in (("--lr", self.lr), ("--lr-decay", self.lr_decay), ("--weight-decay", self.weight_decay),
+                            ("--train-fraction", self.train_fraction), ("--val-fraction", self.val_fraction)):
+            _finite(flag, value)
+        _require(self.epochs >= 1, f"--epochs must be at least 1, got {self.epochs}")
+        _require(self.batch_size >= 2, f"--batch-size must be at least 2 (batch norm trains on batches), "
+                 f"got {self.batch_size}")
+        _require(0 < self.train_fraction < 1, f"--train-fraction must be in (0, 1), got {self.train_fraction}")
+        _require(0 <= self.val_fraction < 1, f"--val-fraction must be in [0, 1), got {self.val_fraction}")
         _require(self.val_every >= 1, f"--val-every must be at least 1, got {self.val_every}")
-        _require(self.lr > 0, "--lr must be positive")
+        _require(self.lr > 0, f"--lr must be positive, got {self.lr}")
+        _require(self.lr_decay > 0 and self.weight_decay >= 0, "--lr-decay must be positive, --weight-decay ≥ 0")
+        _require(all(m >= 1 for m in self.lr_milestones), f"--lr-milestones are 1-based epochs, got "
+                 f"{','.join(map(str, self.lr_milestones))}")
+        _require(bool(self.oversample) and all(c >= 1 for c in self.oversample),
+                 f"--oversample gives each class's copies (≥ 1), got {','.join(map(str, self.oversample))}")
+        _require(len(self.oversample) <= class_count(self.classes),
+                 f"--oversample has {len(self.oversample)} values but --classes names {class_count(self.classes)} "
+                 "classes")
         _require(bool(self.channels), "--channels is empty")
+        _require(self.seed >= 0, f"--seed must be ≥ 0, got {self.seed}")
+        _require(self.cv_folds == 0 or self.cv_folds >= 2, f"--cv must be 0 (no CV) or at least 2, got {self.cv_folds}")
+        _device(self.device)
+        _threads(self.threads)
         if self.cv_folds > 1:
             _require(0 <= self.fold < self.cv_folds,
                      f"--fold must be in [0, {self.cv_folds}) with --cv {self.cv_folds}")
@@ -205,6 +245,7 @@ class EvaluateConfig:
     def __post_init__(self) -> None:
         _abstain(self.abstain)
         _require(self.batch_size >= 1, "--batch-size must be at least 1")
+        _device(self.device)
 
 
 # --- experiments -------------------------------------------------------------------------------------------------
@@ -367,6 +408,9 @@ class LesionFinding:
     """Resample every subject to this voxel size (3 values, or 1 for isotropic); empty = keep the grid."""
 
     def __post_init__(self) -> None:
+        _finite("--min-volume", self.min_volume_mm3)
+        for value in self.voxel_size_mm:
+            _finite("--voxel-size", value)
         _require(self.min_volume_mm3 >= 0, f"--min-volume must be ≥ 0, got {self.min_volume_mm3}")
         _require(self.connectivity in (6, 26), f"--connectivity must be 6 or 26, got {self.connectivity}")
         _require(len(self.voxel_size_mm) in (0, 1, 3) and all(v > 0 for v in self.voxel_size_mm),
@@ -394,7 +438,7 @@ class ExtractConfig:
     """How lesions are found (minimum volume, connectivity, instances, resampling)."""
 
     def __post_init__(self) -> None:
-        _require(self.patch_size >= 1, f"--patch-size must be positive, got {self.patch_size}")
+        _patch_size("--patch-size", self.patch_size)
         unknown = [c for c in self.channels if c not in paper.MS_CHANNELS]
         _require(not unknown and len(set(self.channels)) == len(self.channels),
                  f"--channels must be distinct names among {', '.join(paper.MS_CHANNELS)}, "
@@ -428,6 +472,8 @@ class PredictConfig:
         _abstain(self.abstain)
         _require(self.batch_size >= 1, "--batch-size must be at least 1")
         _choice("--precision", self.precision, PRECISIONS)
+        _device(self.device)
+        _threads(self.threads)
 
     def extract_config(self, patch_size: int, channels: tuple[str, ...]) -> ExtractConfig:
         """The extraction that cuts this run's patches: its channels and patch size, this lesion finding."""

@@ -26,6 +26,8 @@ VOXEL_SIZE_MM = 0.65
 
 # Table 2: feature maps of the three conv → BN → ReLU → pool blocks.
 PAPER_WIDTHS = (64, 64, 128)
+# The smallest patch those blocks accept (valid 3×3×3 convolutions, 2/2 pooling): 22 → 20 → 10 → 8 → 4 → 2 → 1.
+MIN_PATCH_SIZE = 22
 
 # The training protocol: 70/30 split per class, the remyelinating class doubled, Adam with 0.01 → 0.00316 → 0.001
 # at epochs 6 and 10, 15 epochs of mini-batches of 128, every patch in all 48 cube symmetries.

@@ -274,7 +274,7 @@ def train(cfg: TrainConfig, resume: bool = False, show_progress: bool = True, ta
     run_dir = Path(cfg.out)
     set_threads(cfg.threads)
     device = parse_device(cfg.device)
-    task = task or load_task(cfg.data, tuple(cfg.channels), cfg.classes)
+    task = (task or load_task(cfg.data, tuple(cfg.channels), cfg.classes)).check_trainable()
     checkpoint = _load_resume_checkpoint(run_dir, cfg) if resume else None
     if not resume and (run_dir / MODEL).exists():
         raise InputError("run folder already holds a finished model; use another --out or --resume", run_dir)

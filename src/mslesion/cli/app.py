@@ -34,8 +34,12 @@ def _print_version(value: bool) -> None:
 
 
 @app.callback()
-def _root(version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True,
-                                                help="Print the version and exit.")] = False) -> None:
+def _root(
+    version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True,
+                                          help="Print the version and exit.")] = False,
+    debug: Annotated[bool, typer.Option("--debug", help="Show the traceback of an unexpected error instead of "
+                                                        "writing it to a log file (anywhere on the line).")] = False,
+) -> None:
     """Classify MS lesions from 3D MRI (FLAIR, QSM, lesion mask) as remyelinating or demyelinating."""
 
 

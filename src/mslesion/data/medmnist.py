@@ -26,6 +26,7 @@ import numpy as np
 from mslesion.config import MedMNISTImportConfig
 from mslesion.data.patches import SPLIT_NAMES, PatchSet, write_patches
 from mslesion.errors import InputError
+from mslesion.paper import MIN_PATCH_SIZE
 
 # Class names of the MedMNIST 3D sets staged in shared/data/medmnist3d (MedMNIST v2 dataset information).
 KNOWN_CLASS_NAMES = {
@@ -129,6 +130,10 @@ def medmnist_patches(cfg: MedMNISTImportConfig) -> PatchSet:
     if len(names) != n_classes:
         raise InputError(f"{len(names)} class names given ({','.join(names)}) but the labels have "
                          f"{n_classes} classes (0..{n_classes - 1})", cfg.source)
+    size = next(iter(splits.values()))[0].shape[1:]
+    if len(set(size)) != 1 or size[0] < MIN_PATCH_SIZE:
+        raise InputError(f"images are {'×'.join(map(str, size))}; the paper's network needs cubes of at least "
+                         f"{MIN_PATCH_SIZE}³", cfg.source)
     offset, scale = intensity_scaling([images for images, _ in splits.values()], cfg.source)
     images = np.concatenate([
         ((im.astype(np.float32) - np.float32(offset)) / np.float32(scale))[:, None] for im, _ in splits.values()

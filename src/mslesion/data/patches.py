@@ -11,6 +11,7 @@ One file per dataset:
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -77,11 +78,62 @@ def _check_consistent(p: PatchSet, path: str | Path) -> None:
         raise InputError(f"images must be [N, C, D, H, W], got shape {p.images.shape}", path)
     if p.images.shape[1] != len(p.channels):
         raise InputError(f"{p.images.shape[1]} image channels but {len(p.channels)} channel names", path)
+    check_cubic(p.images.shape, path)
     for name, arr in (("images", p.images), ("patient", p.patients), ("lesion", p.lesions)):
         if len(arr) != n:
             raise InputError(f"{name} has {len(arr)} entries but label has {n}", path)
     if p.split is not None and len(p.split) != n:
         raise InputError(f"split has {len(p.split)} entries but label has {n}", path)
+
+
+def check_cubic(shape: tuple[int, ...], path: str | Path) -> None:
+    """Patches are cubes: the 48 cube symmetries and the net's isotropic blocks assume it."""
+    if len(set(shape[2:])) != 1:
+        raise InputError(f"patches must be cubic, got {'×'.join(map(str, shape[2:]))}", path)
+
+
+def integer_labels(values: np.ndarray, path: str | Path) -> np.ndarray:
+    """Label codes as int64; fractional, negative or non-finite codes are refused, never truncated."""
+    values = np.asarray(values)
+    if values.dtype.kind == "f" and not (np.isfinite(values).all() and np.array_equal(values, np.round(values))):
+        bad = values[~np.isfinite(values) | (values != np.round(values))][:3]
+        raise InputError(f"'label' must hold integer codes, found {', '.join(f'{v:g}' for v in bad)}", path)
+    if values.dtype.kind not in "fiub":
+        raise InputError(f"'label' must hold integer codes, got {values.dtype}", path)
+    labels = values.astype(np.int64)
+    if len(labels) and labels.min() < 0:
+        raise InputError(f"'label' codes must be ≥ 0 (0 = not labelled), found {int(labels.min())}", path)
+    return labels
+
+
+def available_memory_bytes() -> int:
+    """Memory this process may still use: the free physical memory, or less under a cgroup limit."""
+    free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    for limit_file, usage_file in (("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
+                                   ("/sys/fs/cgroup/memory/memory.limit_in_bytes",
+                                    "/sys/fs/cgroup/memory/memory.usage_in_bytes")):
+        try:
+            limit, usage = Path(limit_file).read_text().strip(), int(Path(usage_file).read_text())
+        except (OSError, ValueError):
+            continue
+        if limit.isdigit():
+            free = min(free, int(limit) - usage)
+    return free
+
+
+def check_readable(images: h5py.Dataset, rows: int, path: Path) -> None:
+    """Refuse what cannot be held in memory, and datasets whose patches were never written (they read as zeros)."""
+    needed = rows * int(np.prod(images.shape[1:])) * images.dtype.itemsize
+    if needed > 0.8 * available_memory_bytes():
+        raise InputError(f"'images' needs {needed / 2**30:.1f} GiB in memory for {rows} patches but "
+                         f"{available_memory_bytes() / 2**30:.1f} GiB are available", path)
+    if images.chunks is not None and images.shape[0]:
+        per_patch = int(np.prod([-(-s // c) for s, c in zip(images.shape[1:], images.chunks[1:], strict=True)]))
+        expected = -(-images.shape[0] // images.chunks[0]) * per_patch
+        written = images.id.get_num_chunks()
+        if written < expected:
+            raise InputError(f"'images' declares {images.shape[0]} patches but only {written} of its {expected} "
+                             "chunks were ever written (a truncated or preallocated file)", path)
 
 
 def read_patches(
@@ -115,10 +167,12 @@ def read_patches(
             raise InputError(f"'images' must be float32, got {images_ds.dtype}", path)
         wanted = stored if channels is None else tuple(channels)
         index = _channel_index(stored, wanted, path)
-        labels = f["label"][:].astype(np.int64)
+        check_cubic(images_ds.shape, path)
+        labels = integer_labels(f["label"][:], path)
         rows = np.ones(len(labels), bool) if labels_wanted is None else np.asarray(labels_wanted(labels), bool)
         if len(labels) != images_ds.shape[0]:
             raise InputError(f"'images' has {images_ds.shape[0]} patches but 'label' has {len(labels)}", path)
+        check_readable(images_ds, int(rows.sum()), path)
         images = _read_rows(images_ds, rows)
         if index != list(range(len(stored))):
             images = images[:, index]

@@ -11,7 +11,7 @@ import numpy as np
 
 from mslesion.data.patches import read_patches
 from mslesion.errors import InputError
-from mslesion.paper import TABLE1_NAMES
+from mslesion.paper import MIN_PATCH_SIZE, TABLE1_NAMES
 
 
 @dataclass(frozen=True)
@@ -76,6 +76,14 @@ class Task:
 
     def __len__(self) -> int:
         return len(self.targets)
+
+    def check_trainable(self) -> Task:
+        """The paper's net needs patches of at least MIN_PATCH_SIZE³ (its three valid conv/pool blocks)."""
+        size = self.images.shape[-1]
+        if size < MIN_PATCH_SIZE:
+            raise InputError(f"patches are {size}³ but the paper's network needs at least {MIN_PATCH_SIZE}³",
+                             self.source_path)
+        return self
 
     def with_channels(self, channels: tuple[str, ...]) -> Task:
         """The same lesions restricted to some of the loaded channels, without reading the file again."""
