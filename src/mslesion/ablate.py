@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mslesion.atomic import atomic_path, write_json
+from mslesion.atomic import atomic_path, check_folder_output, write_json
 from mslesion.config import AblationConfig, EvaluateConfig, TrainConfig, canonical_channels, to_dict
 from mslesion.data.task import Task, load_task
 from mslesion.errors import InputError
@@ -55,6 +55,7 @@ def grid(cfg: AblationConfig) -> list[TrainConfig]:
 
 def ablate(cfg: AblationConfig, show_progress: bool = True, console=None) -> dict:
     """Train and evaluate every run of the grid (skipping finished ones), then write the results."""
+    check_folder_output(cfg.out, overwrite=True)  # a rerun resumes by design: only a file in the way is an error
     runs = grid(cfg)
     for run in runs:
         check_finished_run_matches(run)

@@ -15,7 +15,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from mslesion.atomic import atomic_path, write_json
+from mslesion.atomic import atomic_path, check_folder_output, write_json
 from mslesion.config import DemoConfig, EvaluateConfig, TrainConfig, parse_channels, to_dict
 from mslesion.data.patches import read_patches
 from mslesion.data.task import load_task
@@ -48,6 +48,7 @@ FULL = DemoSettings(patients=115, lesions_scale=1.0, epochs=15, augment="full", 
 def run_demo(cfg: DemoConfig, console: Console | None = None) -> list[dict]:
     console = console or Console()
     settings = FULL if cfg.full else QUICK
+    check_folder_output(cfg.out, overwrite=True)  # a rerun resumes by design: only a file in the way is an error
     out = Path(cfg.out) / ("full" if cfg.full else "quick")  # the two settings never reuse each other's cohort or runs
     out.mkdir(parents=True, exist_ok=True)
     cohort = ensure_cohort(out / DEMO_COHORT, settings, cfg.seed, console)

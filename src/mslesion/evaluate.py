@@ -7,13 +7,13 @@ from pathlib import Path
 
 import numpy as np
 
-from mslesion.atomic import write_json
+from mslesion.atomic import locked_folder, write_json
 from mslesion.config import EvaluateConfig
 from mslesion.data.task import Task, load_task
 from mslesion.errors import InputError
 from mslesion.inference import predict_probabilities
 from mslesion.metrics import abstention_metrics, classification_metrics
-from mslesion.runs import METRICS, PREDICTIONS, SPLIT, load_trained, read_json, write_predictions
+from mslesion.runs import METRICS, PREDICTIONS, RUN_LOCK, SPLIT, load_trained, read_json, write_predictions
 from mslesion.runtime import parse_device
 
 
@@ -48,8 +48,9 @@ def evaluate(cfg: EvaluateConfig) -> dict:
     }
     if cfg.abstain:
         metrics["abstention"] = abstention_metrics(task.targets[indices], probabilities, cfg.abstain)
-    write_json(run_dir / METRICS, metrics)
-    write_predictions(run_dir / PREDICTIONS, task, indices, probabilities)
+    with locked_folder(run_dir, RUN_LOCK):  # not while a training writes this folder
+        write_json(run_dir / METRICS, metrics)
+        write_predictions(run_dir / PREDICTIONS, task, indices, probabilities)
     return metrics
 
 

@@ -17,15 +17,13 @@ Output folder (its contract: `mslesion.runs`):
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-from mslesion.atomic import csv_text
+from mslesion.atomic import check_folder_output, csv_text, locked_folder, staged_folder
 from mslesion.config import PredictConfig, to_dict
 from mslesion.data.extract import extract_subject
 from mslesion.data.nifti import to_original_orientation
@@ -35,7 +33,9 @@ from mslesion.progress import progress_bar
 from mslesion.runs import (
     LESION_PREDICTIONS,
     PREDICT_CONFIG,
+    PREDICTION_ERRORS,
     PREDICTION_SUMMARY,
+    RUN_LOCK,
     SUBJECT_LESIONS,
     SUBJECT_SUMMARY,
     TrainedModel,
@@ -147,30 +147,47 @@ def check_channels(trained: TrainedModel, subjects: list[Subject], run: str) -> 
                              f"has no {'/'.join(m.upper() for m in missing)} image", subject.mask)
 
 
-def predict_subjects(cfg: PredictConfig, subjects: list[Subject], show_progress: bool = True) -> list[dict]:
-    """Predict every subject into `cfg.out`; returns the per-subject summaries."""
+def predict_subjects(cfg: PredictConfig, subjects: list[Subject], show_progress: bool = True,
+                     overwrite: bool = False, continue_on_error: bool = False) -> tuple[list[dict], list[dict]]:
+    """Predict every subject into `cfg.out`; returns the per-subject summaries and the subjects that failed.
+
+    Without continue_on_error the first unreadable subject stops the command and nothing is written; with it, the
+    failed subjects are listed (subject, reason) in errors.csv and the others are predicted."""
+    check_folder_output(cfg.out, overwrite)
     trained = _load(cfg)
     check_channels(trained, subjects, cfg.run)
     names = trained.class_map.names
-    all_rows, summaries = [], []
-    with output_folder(Path(cfg.out)) as tmp, progress_bar(show_progress) as bars:
+    all_rows, summaries, failures = [], [], []
+    with locked_folder(cfg.out, RUN_LOCK), staged_folder(cfg.out) as tmp, progress_bar(show_progress) as bars:
         bar = bars.task("subjects", total=len(subjects))
         for subject in subjects:
-            rows, summary = predict_subject(trained, subject, cfg, tmp / subject.id)
+            try:
+                rows, summary = predict_subject(trained, subject, cfg, tmp / subject.id)
+            except InputError as exc:
+                if not continue_on_error:
+                    raise
+                failures.append({"subject": subject.id, "error": str(exc)})
+                shutil.rmtree(tmp / subject.id, ignore_errors=True)
+                bar.advance()
+                continue
             all_rows.extend(rows)
             summaries.append(summary)
             bar.advance()
         tmp.joinpath(LESION_PREDICTIONS).write_text(csv_text(all_rows, subject_columns(names, cfg.tta)))
         summary_columns = tuple(k for k in summaries[0] if k != "notes") if summaries else ("subject",)
         tmp.joinpath(PREDICTION_SUMMARY).write_text(csv_text(summaries, summary_columns))
+        if failures:
+            tmp.joinpath(PREDICTION_ERRORS).write_text(csv_text(failures, ("subject", "error")))
         write_config(tmp, cfg, trained)
-    return summaries
+    return summaries, failures
 
 
-def predict_patch_file(cfg: PredictConfig, path: Path, show_progress: bool = True) -> list[dict]:
+def predict_patch_file(cfg: PredictConfig, path: Path, show_progress: bool = True,
+                       overwrite: bool = False) -> list[dict]:
     """Predict the lesions of a patch file (no maps: the file holds no volumes)."""
     from mslesion.data.patches import read_patches
 
+    check_folder_output(cfg.out, overwrite)
     trained = _load(cfg)
     patches = read_patches(path, trained.channels)
     if patches.patch_shape != (trained.model.patch_size,) * 3:
@@ -185,7 +202,7 @@ def predict_patch_file(cfg: PredictConfig, path: Path, show_progress: bool = Tru
     subjects = list(dict.fromkeys(r["subject"] for r in rows))
     summaries = [subject_summary(s, [r for r in rows if r["subject"] == s], names, with_volume=False)
                  for s in subjects]
-    with output_folder(Path(cfg.out)) as tmp:
+    with locked_folder(cfg.out, RUN_LOCK), staged_folder(cfg.out) as tmp:
         tmp.joinpath(LESION_PREDICTIONS).write_text(csv_text(rows, columns(("subject", "lesion", "label"), names,
                                                                           cfg.tta)))
         summary_columns = tuple(summaries[0]) if summaries else ("subject",)
@@ -205,36 +222,3 @@ def _load(cfg: PredictConfig) -> TrainedModel:
     set_threads(cfg.threads)
     parse_device(cfg.device)  # an unavailable device fails before any work
     return load_trained(cfg.run)
-
-
-class output_folder:  # noqa: N801  (used as a context manager, like tempfile.TemporaryDirectory)
-    """A temporary folder beside `out`, moved into place only if the block succeeds."""
-
-    def __init__(self, out: Path) -> None:
-        self.out = out
-
-    def __enter__(self) -> Path:
-        if self.out.exists() and not self.out.is_dir():
-            raise InputError("exists and is not a folder", self.out)
-        self.out.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.", suffix=".tmp", dir=self.out.parent))
-        return self.tmp
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        try:
-            if exc_type is None:
-                publish(self.tmp, self.out)
-        finally:
-            shutil.rmtree(self.tmp, ignore_errors=True)
-
-
-def publish(tmp: Path, out: Path) -> None:
-    """Move a finished output folder into place; into an existing folder, replace entry by entry."""
-    if not out.exists():
-        os.replace(tmp, out)
-        return
-    for entry in tmp.iterdir():
-        target = out / entry.name
-        if target.is_dir() and entry.is_dir():
-            shutil.rmtree(target)
-        os.replace(entry, target)

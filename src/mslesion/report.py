@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mslesion.atomic import atomic_path
+from mslesion.atomic import atomic_path, check_file_output
 from mslesion.config import ReportConfig, to_dict
 from mslesion.errors import InputError
 from mslesion.inference import input_saliency
@@ -83,7 +83,8 @@ def gather_evidence(run_dirs: list[Path]) -> Evidence:
                       for k in ("index", "targets", "probabilities", "patients")), parts[0].names)
 
 
-def write_report(cfg: ReportConfig) -> Path:
+def write_report(cfg: ReportConfig, overwrite: bool = False) -> Path:
+    check_file_output(cfg.out, overwrite)
     folder = Path(cfg.folder)
     if not folder.is_dir():
         raise InputError("folder not found", folder)

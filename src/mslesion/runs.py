@@ -20,6 +20,7 @@ Prediction folder (`mslesion predict`):
   lesion_predictions.csv   every lesion of every subject (its own name: not evaluate's predictions.csv)
   summary.csv              per subject: lesion count and volume per predicted class
   predict_config.json      the resolved PredictConfig, the run's classes and channels
+  errors.csv               with --continue-on-error: subjects that could not be predicted, and why
   <subject>/lesions.csv · <subject>/summary.json · <subject>/<subject>_pred-label_dseg.nii.gz ·
   <subject>/<subject>_pred-prob.nii.gz
 
@@ -58,7 +59,11 @@ RESULTS_MD, ABLATION_PNG, ABLATION_RUNS = "results.md", "ablation.png", "runs"
 DEMO_COHORT = "cohort.h5"
 # prediction folder
 PREDICT_CONFIG, LESION_PREDICTIONS, PREDICTION_SUMMARY = "predict_config.json", "lesion_predictions.csv", "summary.csv"
+PREDICTION_ERRORS = "errors.csv"  # with --continue-on-error: the subjects that failed, and why
 SUBJECT_LESIONS, SUBJECT_SUMMARY = "lesions.csv", "summary.json"
+
+# The lock a writer holds on a run (or prediction) folder, and where a replacement (--overwrite) is built
+RUN_LOCK = ".mslesion.lock"
 
 # Settings that may differ between a run folder and the command asking for it: they do not change results.
 RESULT_NEUTRAL_SETTINGS = ("out", "device", "threads")
@@ -81,6 +86,11 @@ def changed_settings(saved: dict[str, Any], wanted: TrainConfig, also_neutral: t
     saved = {**to_dict(TrainConfig()), **saved}
     neutral = (*RESULT_NEUTRAL_SETTINGS, *also_neutral)
     return sorted(k for k, v in to_dict(wanted).items() if k not in neutral and saved.get(k) != v)
+
+
+def staging_folder(out: Path) -> Path:
+    """Where a replacement of `out` is built (beside it, on the same file system, so the swap is a rename)."""
+    return Path(out).parent / f".{Path(out).name}.new"
 
 
 def is_finished_run(run_dir: Path) -> bool:

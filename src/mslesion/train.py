@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import copy
 import logging
+import shutil
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from mslesion import distributed
-from mslesion.atomic import write_json
+from mslesion.atomic import check_folder_output, has_results, locked_folder, replace_folder, write_json
 from mslesion.calibration import fit_temperature
 from mslesion.config import TrainConfig, to_dict
 from mslesion.data.splits import (
@@ -42,11 +44,13 @@ from mslesion.runs import (
     HISTORY,
     LOG,
     MODEL,
+    RUN_LOCK,
     SPLIT,
     changed_settings,
     load_torch,
     model_metadata,
     save_torch,
+    staging_folder,
     write_run_config,
 )
 from mslesion.runtime import autocast_dtype, parse_device, set_threads, tune_for
@@ -269,32 +273,47 @@ def split_record(task: Task, split: dict[str, np.ndarray]) -> dict:
     }
 
 
-def train(cfg: TrainConfig, resume: bool = False, show_progress: bool = True, task: Task | None = None) -> Path:
-    """Train one model; returns the run folder. With resume, continue from the last finished epoch."""
-    run_dir = Path(cfg.out)
+def train(cfg: TrainConfig, resume: bool = False, show_progress: bool = True, task: Task | None = None,
+          overwrite: bool = False) -> Path:
+    """Train one model; returns the run folder. With resume, continue from the last finished epoch; with overwrite,
+    replace an earlier run, which stays in place until the new model is complete."""
+    out = Path(cfg.out)
     set_threads(cfg.threads)
     device = parse_device(cfg.device)
+    check_folder_output(out, overwrite or resume, " (or --resume to continue an interrupted run)")
     task = (task or load_task(cfg.data, tuple(cfg.channels), cfg.classes)).check_trainable()
-    checkpoint = _load_resume_checkpoint(run_dir, cfg) if resume else None
-    if not resume and (run_dir / MODEL).exists():
-        raise InputError("run folder already holds a finished model; use another --out or --resume", run_dir)
     tune_for(device)
     ctx, device = distributed.setup(device)
+    try:
+        with locked_folder(out, RUN_LOCK) if ctx.is_main else nullcontext():  # only rank 0 writes
+            staged = overwrite and not resume and has_results(out)
+            run_dir = staging_folder(out) if staged else out
+            if staged:
+                shutil.rmtree(run_dir, ignore_errors=True)  # a replacement interrupted earlier starts afresh
+            checkpoint = _load_resume_checkpoint(run_dir, cfg) if resume else None
+            _train_into(run_dir, cfg, task, device, checkpoint, ctx, show_progress)
+            if staged and ctx.is_main:
+                replace_folder(run_dir, out)
+        return out
+    finally:
+        distributed.teardown(ctx)
+
+
+def _train_into(run_dir: Path, cfg: TrainConfig, task: Task, device: torch.device, checkpoint: dict | None,
+                ctx: distributed.DistContext, show_progress: bool) -> None:
     handler = None
     try:
-        if ctx.is_main:  # only rank 0 writes the run folder
+        if ctx.is_main:
             run_dir.mkdir(parents=True, exist_ok=True)
             handler = setup_logging(run_dir)
         state = start_training(cfg, task, run_dir, device, checkpoint, ctx)
         run_epochs(state, show_progress and ctx.is_main)
         if ctx.is_main:
             finish(state)
-        return run_dir
     finally:
         if handler is not None:
             log.removeHandler(handler)
             handler.close()
-        distributed.teardown(ctx)
 
 
 def _load_resume_checkpoint(run_dir: Path, cfg: TrainConfig) -> dict | None:

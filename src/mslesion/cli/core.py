@@ -25,15 +25,18 @@ def synth_command(
     lesions_per_subject: Annotated[float, typer.Option(
         help="With --volumes: mean lesions per subject (0 = the paper's rate × --lesions-scale).")] = 0.0,
     voxel_size: Annotated[float, typer.Option(help="With --volumes: isotropic voxel size in mm.")] = 1.0,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing file (or folder with --volumes).")] = False,
     quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
 ) -> None:
     """Generate the synthetic cohort (physically simulated QSM, FLAIR and lesion masks)."""
+    from mslesion.atomic import check_file_output
     from mslesion.data.synth import write_cohort
 
     cfg = SynthConfig(patients=patients, lesions_scale=lesions_scale, labelled_only=labelled_only, seed=seed)
     if volumes:
-        write_volumes(cfg, out, volumes, lesions_per_subject or None, voxel_size, quiet)
+        write_volumes(cfg, out, volumes, lesions_per_subject or None, voxel_size, quiet, overwrite)
         return
+    check_file_output(out, overwrite)
     patches = write_cohort(cfg, out)
     counts = {int(c): int((patches.labels == c).sum()) for c in sorted(set(patches.labels.tolist()))}
     console.print(f"wrote {len(patches)} lesion patches of {len(set(patches.patients))} patients to {out}; "
@@ -41,8 +44,9 @@ def synth_command(
 
 
 def write_volumes(cfg, out: Path, n_subjects: int, lesions_per_subject: float | None, voxel_size: float,
-                  quiet: bool) -> None:
+                  quiet: bool, overwrite: bool) -> None:
     """`synth --volumes`: whole-subject scans; the brain keeps its size in mm whatever the voxel size."""
+    from mslesion.atomic import check_folder_output, staged_folder
     from mslesion.data.synth import generate_subject_volumes, subject_shape
     from mslesion.errors import InputError
     from mslesion.progress import progress_bar
@@ -50,11 +54,12 @@ def write_volumes(cfg, out: Path, n_subjects: int, lesions_per_subject: float | 
     if lesions_per_subject is not None and lesions_per_subject < 0:
         raise InputError(f"--lesions-per-subject must be >= 0, got {lesions_per_subject}")
     shape = subject_shape(voxel_size)
-    with progress_bar(not quiet) as bars:
+    check_folder_output(out, overwrite)
+    with progress_bar(not quiet) as bars, staged_folder(out) as tmp:  # complete subjects, or the old folder
         bar = bars.task("subjects", n_subjects)
-        folders = generate_subject_volumes(cfg, out, n_subjects, shape, voxel_size, lesions_per_subject,
+        folders = generate_subject_volumes(cfg, tmp, n_subjects, shape, voxel_size, lesions_per_subject,
                                            progress=lambda done, total: bar.advance())
-    lesions = sum(len((folder / "lesions.csv").read_text().splitlines()) - 1 for folder in folders)
+        lesions = sum(len((folder / "lesions.csv").read_text().splitlines()) - 1 for folder in folders)
     console.print(f"wrote {n_subjects} subjects ({lesions} lesions, {shape[0]}×{shape[1]}×{shape[2]} voxels of "
                   f"{voxel_size:g} mm) to {out}")
 
@@ -84,6 +89,8 @@ def train_command(
     precision: Annotated[str, option(TrainConfig, "precision")] = TRAIN.precision,
     threads: Annotated[int, option(TrainConfig, "threads")] = TRAIN.threads,
     resume: Annotated[bool, typer.Option(help="Continue an interrupted run from its last checkpoint.")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace an earlier run in --out (kept until the new model is "
+                                                 "complete).")] = False,
     quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
 ) -> None:
     """Train the paper's 3D CNN on a patch file and evaluate it on the held-out test split."""
@@ -100,7 +107,7 @@ def train_command(
         val_fraction=val_fraction, val_every=val_every, select=select, cv_folds=cv, fold=fold if cv > 1 else -1,
         seed=seed, device=device, precision=precision, threads=threads,
     )
-    run_dir = train(cfg, resume=resume, show_progress=not quiet)
+    run_dir = train(cfg, resume=resume, show_progress=not quiet, overwrite=overwrite)
     if not is_main_process():  # under torchrun only rank 0 evaluates and writes
         return
     metrics = evaluate(EvaluateConfig(run=str(run_dir), device=device))

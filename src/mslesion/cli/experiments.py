@@ -64,11 +64,12 @@ def report_command(
     out: Annotated[Path, option(ReportConfig, "out", "--out", "-o")] = Path(REPORT.out),
     abstain: Annotated[float, option(ReportConfig, "abstain")] = REPORT.abstain,
     examples: Annotated[int, option(ReportConfig, "examples")] = REPORT.examples,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing report file.")] = False,
 ) -> None:
     """Write a self-contained HTML report: curves, confusion matrix, ROC, calibration, lesions, saliency."""
     from mslesion.report import write_report
 
-    path = write_report(ReportConfig(folder=str(folder), out=str(out), abstain=abstain, examples=examples))
+    path = write_report(ReportConfig(folder=str(folder), out=str(out), abstain=abstain, examples=examples), overwrite)
     console.print(f"wrote {path}")
 
 

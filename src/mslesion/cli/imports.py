@@ -18,6 +18,7 @@ def import_medmnist_command(
     source: Annotated[Path, typer.Argument(help="MedMNIST-3D-style npz (train_/val_/test_ images and labels).")],
     out: Annotated[Path, option(MedMNISTImportConfig, "out", "--out", "-o")],
     channel_name: Annotated[str, option(MedMNISTImportConfig, "channel_name")] = IMPORT.channel_name,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing patch file.")] = False,
     class_names: Annotated[str, typer.Option(help="Comma-separated names of classes 0, 1, ... (default: "
                                                   "MedMNIST's names where known, else class0, class1, ...).")] = "",
 ) -> None:
@@ -31,7 +32,7 @@ def import_medmnist_command(
 
     names = tuple(n.strip() for n in class_names.split(",") if n.strip())
     cfg = MedMNISTImportConfig(source=str(source), out=str(out), channel_name=channel_name, class_names=names)
-    patches = import_medmnist(cfg)
+    patches = import_medmnist(cfg, overwrite)
     class_map = str(patches.attrs["class_map"])
     size = patches.patch_shape[0]
     console.print(f"wrote {len(patches)} patches ({size}³, channel '{channel_name}') to {out}")

@@ -24,6 +24,10 @@ Instances = Annotated[bool, option(LesionFinding, "instances")]
 Resample = Annotated[bool, option(LesionFinding, "resample")]
 VoxelSize = Annotated[str, option(LesionFinding, "voxel_size_mm", "--voxel-size")]
 Quiet = Annotated[bool, typer.Option(help="No progress bar.")]
+Overwrite = Annotated[bool, typer.Option(help="Replace earlier results at --out (kept until the new ones are "
+                                              "complete).")]
+ContinueOnError = Annotated[bool, typer.Option(help="Skip subjects that cannot be read, list them with the reason "
+                                                    "(errors.csv) and exit non-zero; default: stop at the first.")]
 
 
 def lesion_finding(min_volume: float, connectivity: int, instances: bool, resample: bool,
@@ -49,17 +53,18 @@ def extract_command(
     patch_size: Annotated[int, option(ExtractConfig, "patch_size")] = EXTRACT.patch_size,
     min_volume: MinVolume = FINDING.min_volume_mm3, connectivity: Connectivity = FINDING.connectivity,
     instances: Instances = FINDING.instances, resample: Resample = FINDING.resample,
-    voxel_size: VoxelSize = joined(FINDING.voxel_size_mm), quiet: Quiet = False,
+    voxel_size: VoxelSize = joined(FINDING.voxel_size_mm), overwrite: Overwrite = False,
+    continue_on_error: ContinueOnError = False, quiet: Quiet = False,
 ) -> None:
     """Cut one patch per lesion out of NIfTI subjects into a patch file (the format `train` reads)."""
     from mslesion.config import parse_channels
-    from mslesion.data.extract import run_extract, sidecar_paths
+    from mslesion.data.extract import errors_path, run_extract, sidecar_paths
     from mslesion.data.subjects import discover
 
     cfg = ExtractConfig(out=str(out), channels=parse_channels(channels) if channels else (), patch_size=patch_size,
                         finding=lesion_finding(min_volume, connectivity, instances, resample, voxel_size))
     subjects = discover(source, mask, flair, qsm, phenotype, subject)
-    results = run_extract(subjects, cfg, show_progress=not quiet)
+    results, failures = run_extract(subjects, cfg, not quiet, overwrite, continue_on_error)
     for result in results:
         _print_notes(result.subject, result.notes)
         if not len(result):
@@ -68,8 +73,9 @@ def extract_command(
     csv_path, _ = sidecar_paths(out)
     if not total:
         console.print(f"no lesions found: wrote the (empty) lesion table {csv_path}, no patch file")
-        return
-    console.print(f"wrote {total} lesion patches of {len(results)} subject(s) to {out}; per lesion: {csv_path}")
+    else:
+        console.print(f"wrote {total} lesion patches of {len(results)} subject(s) to {out}; per lesion: {csv_path}")
+    report_failures(failures, len(results) + len(failures), errors_path(out))
 
 
 @app.command("predict")
@@ -87,19 +93,22 @@ def predict_command(
     device: Annotated[str, option(PredictConfig, "device")] = PREDICT.device,
     precision: Annotated[str, option(PredictConfig, "precision")] = PREDICT.precision,
     threads: Annotated[int, option(PredictConfig, "threads")] = PREDICT.threads,
-    quiet: Quiet = False,
+    overwrite: Overwrite = False, continue_on_error: ContinueOnError = False, quiet: Quiet = False,
 ) -> None:
     """Classify every lesion of new subjects: per-lesion CSV, label and probability maps, summaries."""
     from mslesion.data.subjects import discover
     from mslesion.predict import predict_patch_file, predict_subjects
+    from mslesion.runs import PREDICTION_ERRORS
 
     cfg = PredictConfig(run=str(run), out=str(out), tta=tta, abstain=abstain, batch_size=batch_size, device=device,
                         precision=precision, threads=threads,
                         finding=lesion_finding(min_volume, connectivity, instances, resample, voxel_size))
+    failures: list[dict] = []
     if source is not None and source.suffix.lower() in (".h5", ".hdf5"):
-        summaries = predict_patch_file(cfg, source, show_progress=not quiet)
+        summaries = predict_patch_file(cfg, source, show_progress=not quiet, overwrite=overwrite)
     else:
-        summaries = predict_subjects(cfg, discover(source, mask, flair, qsm, phenotype, subject), not quiet)
+        subjects = discover(source, mask, flair, qsm, phenotype, subject)
+        summaries, failures = predict_subjects(cfg, subjects, not quiet, overwrite, continue_on_error)
     for summary in summaries:
         _print_notes(summary["subject"], summary.get("notes", []))
         counts = ", ".join(f"{k[2:]} {v}" for k, v in summary.items() if k.startswith("n_") and v)
@@ -108,3 +117,14 @@ def predict_command(
             message = f"no lesions of at least {min_volume:g} mm³"
         console.print(f"{summary['subject']}: {message}")
     console.print(f"wrote predictions to {out}")
+    report_failures(failures, len(summaries) + len(failures), out / PREDICTION_ERRORS)
+
+
+def report_failures(failures: list[dict], total: int, table: Path) -> None:
+    """--continue-on-error: each failed subject on a line, then the command fails (exit 2) naming the table."""
+    from mslesion.errors import InputError
+
+    for failure in failures:
+        console.print(f"[red]failed[/] {failure['subject']}: {failure['error']}", highlight=False, soft_wrap=True)
+    if failures:
+        raise InputError(f"{len(failures)} of {total} subjects failed; the others were written (reasons in {table})")

@@ -17,7 +17,8 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from mslesion.atomic import atomic_path, csv_text
+from mslesion import __version__
+from mslesion.atomic import atomic_path, check_file_output, csv_text, write_atomic
 from mslesion.config import ExtractConfig, LesionFinding, to_dict
 from mslesion.data.intensity import NORMALISATION, normalised
 from mslesion.data.nifti import ImageGrid, load_aligned
@@ -215,14 +216,21 @@ def lesion_records(subject: str, ids, sizes, centres, labels, grid: ImageGrid) -
 
 def extract_subjects(
     subjects: list[Subject], cfg: ExtractConfig, channels: tuple[str, ...], show_progress: bool = True,
-) -> list[SubjectLesions]:
-    results = []
+    continue_on_error: bool = False,
+) -> tuple[list[SubjectLesions], list[dict]]:
+    """Every subject's lesions, and (with continue_on_error) the subjects that could not be read, with why."""
+    results, failures = [], []
     with progress_bar(show_progress) as bars:
         bar = bars.task("subjects", total=len(subjects))
         for subject in subjects:
-            results.append(extract_subject(subject, cfg, channels))
+            try:
+                results.append(extract_subject(subject, cfg, channels))
+            except InputError as exc:
+                if not continue_on_error:
+                    raise
+                failures.append({"subject": subject.id, "error": str(exc)})
             bar.advance()
-    return results
+    return results, failures
 
 
 def sidecar_paths(out: Path) -> tuple[Path, Path]:
@@ -232,20 +240,36 @@ def sidecar_paths(out: Path) -> tuple[Path, Path]:
     return out.with_name(f"{out.stem}_lesions.csv"), out.with_name(f"{out.stem}_extract.json")
 
 
-def run_extract(subjects: list[Subject], cfg: ExtractConfig, show_progress: bool = True) -> list[SubjectLesions]:
+def errors_path(out: Path) -> Path:
+    """With --continue-on-error: the subjects that failed and why (NAME_errors.csv)."""
+    return out.with_name(f"{out.stem}_errors.csv")
+
+
+def check_outputs(out: Path, overwrite: bool) -> None:
+    """The patch file and its companions are new, or replaced together with --overwrite."""
+    for path in (out, *sidecar_paths(out), errors_path(out)):
+        check_file_output(path, overwrite)
+
+
+def run_extract(subjects: list[Subject], cfg: ExtractConfig, show_progress: bool = True, overwrite: bool = False,
+                continue_on_error: bool = False) -> tuple[list[SubjectLesions], list[dict]]:
     """`mslesion extract`: every subject's lesion patches into one patch file, plus the per-lesion CSV.
 
-    Nothing is written until every subject has been read, so a bad input leaves no partial output.
+    Nothing is written until every subject has been read, so a bad input leaves no partial output (with
+    continue_on_error, the readable subjects are written and the others listed in NAME_errors.csv).
     """
+    check_outputs(Path(cfg.out), overwrite)
     channels = resolve_channels(cfg, subjects)
     if not channels:
         raise InputError("no channel is available in every subject")
-    results = extract_subjects(subjects, cfg, channels, show_progress)
-    write_extraction(Path(cfg.out), results, cfg, channels)
-    return results
+    results, failures = extract_subjects(subjects, cfg, channels, show_progress, continue_on_error)
+    write_extraction(Path(cfg.out), results, cfg, channels, failures)
+    return results, failures
 
 
-def write_extraction(out: Path, results: list[SubjectLesions], cfg: ExtractConfig, channels: tuple[str, ...]) -> None:
+def write_extraction(out: Path, results: list[SubjectLesions], cfg: ExtractConfig, channels: tuple[str, ...],
+                     failures: list[dict] | None = None) -> None:
+    """The patch file, its lesion table and its config JSON (and errors table), published together."""
     p = cfg.patch_size
     images = np.concatenate([r.patches for r in results]) if results else np.zeros((0, len(channels), p, p, p))
     voxel_sizes = {r.grid.voxel_size_mm for r in results}
@@ -267,10 +291,17 @@ def write_extraction(out: Path, results: list[SubjectLesions], cfg: ExtractConfi
     )
     csv_path, json_path = sidecar_paths(out)
     rows = [row for r in results for row in r.records]
-    record = {"config": to_dict(cfg), "channels": list(channels), "normalisation": NORMALISATION,
+    record = {"mslesion_version": __version__, "config": to_dict(cfg), "channels": list(channels),
+              "normalisation": NORMALISATION, "failed_subjects": failures or [],
               "subjects": {r.subject: {"lesions": len(r), "notes": r.notes} for r in results}}
     with atomic_path(csv_path) as tmp_csv, atomic_path(json_path) as tmp_json:
         tmp_csv.write_text(csv_text(rows, LESION_COLUMNS))
         tmp_json.write_text(json.dumps(record, indent=2) + "\n")
         if len(patches):  # an HDF5 file of zero patches would only fail later, in train
             write_patches(out, patches)
+        else:  # an earlier patch file must not stand beside the new, empty table
+            out.unlink(missing_ok=True)
+        if failures:
+            write_atomic(errors_path(out), lambda tmp: tmp.write_text(csv_text(failures, ("subject", "error"))))
+        else:
+            errors_path(out).unlink(missing_ok=True)

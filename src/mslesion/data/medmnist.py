@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mslesion.atomic import check_file_output
 from mslesion.config import MedMNISTImportConfig
 from mslesion.data.patches import SPLIT_NAMES, PatchSet, write_patches
 from mslesion.errors import InputError
@@ -163,10 +164,11 @@ def medmnist_patches(cfg: MedMNISTImportConfig) -> PatchSet:
     )
 
 
-def import_medmnist(cfg: MedMNISTImportConfig) -> PatchSet:
+def import_medmnist(cfg: MedMNISTImportConfig, overwrite: bool = False) -> PatchSet:
     """Convert cfg.source to the HDF5 patch file cfg.out (written atomically) and return its contents."""
     if not cfg.out:
         raise InputError("no output file given (--out)")
+    check_file_output(cfg.out, overwrite)
     if Path(cfg.out).resolve() == Path(cfg.source).resolve():
         raise InputError("--out would overwrite the input file", cfg.out)
     patches = medmnist_patches(cfg)
