@@ -246,14 +246,16 @@ def _bad_inputs(tmp_path: Path) -> dict[str, tuple[list, str, str]]:
     moved = LPI_AFFINE.copy()
     moved[0, 3] += 2
     nib.save(nib.Nifti1Image(np.ones((32, 32, 32), np.float32), moved), shifted)
-    labels = tmp_path / "labels_mask.nii.gz"
-    nib.save(nib.Nifti1Image((np.asarray(nib.load(s.mask).dataobj) * 2).astype(np.uint8), LPI_AFFINE), labels)
+    labels = tmp_path / "labels_mask.nii.gz"  # three values: neither binary (0/1, 0/255) nor passed as --instances
+    label_data = np.asarray(nib.load(s.mask).dataobj) * 2
+    label_data[ball(label_data.shape, LESIONS[0][0], LESIONS[0][1])] = 3
+    nib.save(nib.Nifti1Image(label_data.astype(np.uint8), LPI_AFFINE), labels)
     return {
         "missing": (["--mask", s.mask, "--flair", tmp_path / "nope.nii.gz"], "nope.nii.gz", "not found"),
         "not nifti": (["--mask", s.mask, "--flair", not_nifti], not_nifti.name, "NIfTI"),
         "4D": (["--mask", s.mask, "--flair", four_d], four_d.name, "3D"),
         "mismatch": (["--mask", s.mask, "--flair", shifted], s.mask.name, "affine"),
-        "not binary": (["--mask", labels], labels.name, "0 and 1"),
+        "not binary": (["--mask", labels], labels.name, "one lesion value"),
         "patch too large": (["--mask", s.mask, "--patch-size", "40"], s.mask.name, "larger than the volume"),
     }
 

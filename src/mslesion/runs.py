@@ -30,6 +30,7 @@ Format versions: a file without `format_version` is version 1 (mslesion 0.1.0). 
 from __future__ import annotations
 
 import csv
+import io
 import json
 import pickle
 import zipfile
@@ -99,8 +100,11 @@ def is_finished_run(run_dir: Path) -> bool:
 
 
 def save_torch(obj: dict[str, Any], path: Path) -> None:
+    # serialised in memory first: a full disk then fails as an OSError naming the file, not deep inside torch
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
     with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+        tmp.write_bytes(buffer.getbuffer())
 
 
 def load_torch(path: Path) -> dict[str, Any]:
@@ -114,7 +118,32 @@ def load_torch(path: Path) -> dict[str, Any]:
         raise InputError(f"corrupt or foreign checkpoint ({first_line[:120]})", path) from None
     if not isinstance(obj, dict) or obj.get("format") != "mslesion":
         raise InputError("not an mslesion checkpoint", path)
+    check_format_version(obj, path)
     return obj
+
+
+def check_format_version(record: dict, path: Path) -> None:
+    version = record.get("format_version", 1)  # files of 0.1.0 carry none
+    if not isinstance(version, int) or version > RUN_FORMAT_VERSION:
+        raise InputError(f"written in format {version} by mslesion {record.get('mslesion_version', '?')}; this "
+                         f"version ({__version__}) reads formats up to {RUN_FORMAT_VERSION}", path)
+
+
+def check_run_consistent(run_dir: Path, model: dict) -> None:
+    """config.json and model.pt must describe the same run: a folder mixing two runs is refused, not evaluated."""
+    if not (run_dir / CONFIG).exists():
+        return
+    config = read_json(run_dir / CONFIG)
+    if not isinstance(config, dict):
+        raise InputError("config.json is not a run configuration", run_dir / CONFIG)
+    check_format_version(config, run_dir / CONFIG)
+    saved = model.get("config", {})
+    for key in ("channels", "classes", "data"):
+        if key in config and key in saved and config[key] != saved[key]:
+            raise InputError(f"config.json and model.pt disagree on {key} ({config[key]} vs {saved[key]}): the "
+                             "folder mixes two runs", run_dir)
+    if list(model.get("channels", [])) != list(saved.get("channels", model.get("channels", []))):
+        raise InputError("model.pt's channels disagree with its own configuration", run_dir / MODEL)
 
 
 def model_metadata(model: LesionNet, cfg: TrainConfig, class_map: ClassMap, channels: tuple[str, ...]) -> dict:
@@ -146,6 +175,7 @@ def load_trained(run_dir: str | Path) -> TrainedModel:
     if not run_dir.is_dir():
         raise InputError("run folder not found", run_dir)
     obj = load_torch(run_dir / MODEL)
+    check_run_consistent(run_dir, obj)
     try:
         model = LesionNet(obj["in_channels"], obj["n_classes"], obj["patch_size"])
         model.load_state_dict(obj["state_dict"])

@@ -71,8 +71,8 @@ def extract_subject(subject: Subject, cfg: ExtractConfig, channels: tuple[str, .
         paths["phenotype"] = subject.phenotype
     reference = next(r for r in ("qsm", "flair", "mask") if r in paths)
     grid, arrays = load_aligned(paths, reference, cfg.finding.resample, cfg.finding.target_voxel_size)
-    lesion_map = lesion_components(arrays["mask"], cfg.finding, subject.mask)
     notes: list[str] = []
+    lesion_map = lesion_components(arrays["mask"], cfg.finding, subject.mask, notes)
     ids, sizes = kept_lesions(lesion_map, grid.voxel_volume_mm3, cfg.finding.min_volume_mm3)
     check_patch_fits(cfg.patch_size, grid.shape, subject.mask)
     images = {c: normalised(c, arrays[c], lesion_map > 0, notes, subject.image(c)) for c in channels if c != "mask"}
@@ -97,25 +97,49 @@ def cut_patches(lesion_map: np.ndarray, ids: np.ndarray, centres: np.ndarray, im
     return patches
 
 
-def lesion_components(mask: np.ndarray, cfg: LesionFinding, path: Path) -> np.ndarray:
+def lesion_components(mask: np.ndarray, cfg: LesionFinding, path: Path, notes: list[str] | None = None) -> np.ndarray:
     """Lesion id per voxel: connected components of a binary mask, or the values of an instance map."""
+    notes = [] if notes is None else notes
     if not np.isfinite(mask).all():
         raise InputError("the lesion mask contains NaN or infinite values", path)
+    structure = ndimage.generate_binary_structure(3, 1 if cfg.connectivity == 6 else 3)
     if cfg.instances:
         if mask.min() < 0 or not np.array_equal(mask, np.round(mask)):
             raise InputError("an instance map must hold non-negative integers (one id per lesion)", path)
         if mask.max() > np.iinfo(np.int32).max:
             raise InputError(f"lesion id {int(mask.max())} is too large", path)
-        return mask.astype(np.int32)
+        instances = mask.astype(np.int32)
+        warn_split_instances(instances, structure, notes)
+        return instances
+    labelled, _ = ndimage.label(binary_lesions(mask, path, notes), structure=structure)
+    return labelled.astype(np.int32, copy=False)
+
+
+def binary_lesions(mask: np.ndarray, path: Path, notes: list[str]) -> np.ndarray:
+    """Lesion voxels of a binary mask: 0/1 (within round-off), or any two values such as 0/255 (with a note)."""
     # Float masks written by other tools may hold 0.99999 for 1 (scaling round-off), not 0.5 (interpolation).
     binary, background = np.abs(mask - 1) <= 1e-3, np.abs(mask) <= 1e-3
-    if not (binary | background).all():
-        values = np.unique(mask[~(binary | background)])[:5]
-        raise InputError(f"a binary lesion mask must hold only 0 and 1, found {', '.join(f'{v:g}' for v in values)}"
-                         " (an instance map with one integer per lesion? use --instances)", path)
-    structure = ndimage.generate_binary_structure(3, 1 if cfg.connectivity == 6 else 3)
-    labelled, _ = ndimage.label(binary, structure=structure)
-    return labelled.astype(np.int32, copy=False)
+    if (binary | background).all():
+        return binary
+    values = np.unique(mask[~background])
+    if len(values) == 1 and values[0] > 0:  # one foreground value: 0/255 and the like
+        notes.append(f"mask: values 0 and {values[0]:g} read as a binary mask")
+        return ~background
+    shown = ", ".join(f"{v:g}" for v in values[:5])
+    raise InputError(f"a binary lesion mask must hold only 0 and one lesion value, found {shown} (an instance map "
+                     "with one integer per lesion? use --instances)", path)
+
+
+def warn_split_instances(instances: np.ndarray, structure: np.ndarray, notes: list[str]) -> None:
+    """An instance id covering several disconnected blobs is most likely a binary mask passed with --instances."""
+    objects = ndimage.find_objects(instances)
+    split = []
+    for lesion, box in enumerate(objects, start=1):
+        if box is not None and ndimage.label(instances[box] == lesion, structure=structure)[1] > 1:
+            split.append(lesion)
+    if split:
+        notes.append(f"mask: instance id(s) {', '.join(map(str, split[:5]))} cover several disconnected blobs, each "
+                     "classified as one lesion (a binary mask? then leave out --instances)")
 
 
 def kept_lesions(lesion_map: np.ndarray, voxel_volume_mm3: float, min_volume_mm3: float):

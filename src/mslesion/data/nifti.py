@@ -7,6 +7,8 @@ the grid the lesions were found on (`to_original_orientation`).
 
 from __future__ import annotations
 
+import gzip
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,6 +48,7 @@ def load_image(path: str | Path) -> nib.Nifti1Image:
         raise InputError("file not found", path)
     if path.is_dir():
         raise InputError("is a folder, expected a NIfTI file", path)
+    check_gzip_stream(path)
     try:
         img = nib.load(str(path))
     except Exception as exc:  # nibabel raises many types (ImageFileError, EOFError, zlib errors, ...)
@@ -59,6 +62,22 @@ def load_image(path: str | Path) -> nib.Nifti1Image:
     if not np.isfinite(img.affine).all() or abs(np.linalg.det(img.affine[:3, :3])) < 1e-9:
         raise InputError("invalid affine (singular or not finite)", path)
     return img
+
+
+def check_gzip_stream(path: Path) -> None:
+    """A .gz file must decompress to its end with a valid checksum.
+
+    nibabel reads only the bytes the image needs, so a stream corrupted in the middle (or missing its tail)
+    would otherwise be read as garbage voxels without a word: gzip checks the CRC only at the end."""
+    if path.suffix.lower() != ".gz":
+        return
+    try:
+        with gzip.open(path, "rb") as stream:
+            while stream.read(1 << 24):
+                pass
+    except (OSError, EOFError, zlib.error) as exc:
+        raise InputError(f"not a readable NIfTI image: corrupt or truncated gzip stream "
+                         f"({str(exc) or exc.__class__.__name__})", path) from None
 
 
 def canonical(img: nib.Nifti1Image) -> nib.Nifti1Image:
