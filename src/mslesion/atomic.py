@@ -34,6 +34,10 @@ def atomic_path(path: str | Path):
     try:
         yield Path(tmp)
         os.replace(tmp, path)
+    except OSError as exc:
+        if exc.filename in (None, tmp, Path(tmp)):  # name the output, not its temporary twin (writes name none)
+            raise OSError(exc.errno, exc.strerror, str(path)) from None
+        raise
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)

@@ -11,6 +11,7 @@ One file per dataset:
 
 from __future__ import annotations
 
+import itertools
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -24,6 +25,7 @@ from mslesion.atomic import atomic_path
 from mslesion.errors import InputError
 
 FORMAT_VERSION = 1
+_IMAGES = itertools.count()
 SPLIT_NAMES = ("train", "val", "test")
 
 
@@ -52,7 +54,15 @@ class PatchSet:
 def write_patches(path: str | Path, patches: PatchSet) -> None:
     """Write atomically: an interrupted write leaves any earlier file untouched."""
     _check_consistent(patches, path)
-    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(hdf5_image(patches))
+
+
+def hdf5_image(patches: PatchSet) -> bytes:
+    """The patch file's bytes, built in memory: HDF5 writing to a full disk leaves the library in a state that
+    crashes the interpreter at exit, so the disk only ever sees one plain write (an ordinary OSError if full)."""
+    name = f"mslesion-{os.getpid()}-{next(_IMAGES)}.h5"  # names the in-memory file only; nothing is stored
+    with h5py.File(name, "w", driver="core", backing_store=False) as f:
         # One chunk per patch: reading a subset of lesions touches only their chunks. An empty file
         # (a subject without lesions) cannot be chunked and is stored contiguously.
         chunked = dict(chunks=(1, *patches.images.shape[1:]), compression="gzip", compression_opts=1, shuffle=True)
@@ -70,6 +80,8 @@ def write_patches(path: str | Path, patches: PatchSet) -> None:
         f.attrs["source"] = patches.source
         for key, value in patches.attrs.items():
             f.attrs[key] = value
+        f.flush()
+        return f.id.get_file_image()
 
 
 def _check_consistent(p: PatchSet, path: str | Path) -> None:
