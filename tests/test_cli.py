@@ -95,7 +95,7 @@ def test_train_then_evaluate_end_to_end(tmp_path: Path):
     assert "accuracy" in result.stdout
     assert (run / "metrics.json").exists()
     again = mslesion("train", str(tmp_path / "toy.h5"), "--channels", "qsm", "--out", str(run))
-    assert_one_line_error(again, "already holds a finished model")
+    assert_one_line_error(again, str(run), "--overwrite", "--resume")
     assert mslesion("evaluate", str(run)).returncode == 0
 
 

@@ -32,7 +32,7 @@ from mslesion.errors import InputError
 USER_ERRNOS = {errno.EROFS, errno.EACCES, errno.EPERM, errno.EISDIR, errno.ENOTDIR, errno.EEXIST, errno.ENOENT,
                errno.ENAMETOOLONG, errno.ENOTEMPTY, errno.ELOOP}
 ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EFBIG, errno.ENOMEM}
-RESUMABLE = ("train", "ablate", "demo")
+INTERRUPTED = 130  # 128 + SIGINT, the shell's convention
 RESUME_HINT = {"train": "rerun the same command with --resume to continue from the last finished epoch",
                "ablate": "rerun the same command: finished runs are skipped and the interrupted one resumes",
                "demo": "rerun the same command: finished runs are skipped and the interrupted one resumes"}
@@ -45,10 +45,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         code = app(args=args, prog_name="mslesion", standalone_mode=False)
     except (typer.Abort, KeyboardInterrupt):
-        command = next((a for a in args if not a.startswith("-")), "")
-        hint = RESUME_HINT.get(command)
-        say(f"interrupted{'; ' + hint if hint else ''}")
-        code = 130
+        code = INTERRUPTED
     except InputError as exc:
         say(f"error: {exc}")
         code = 2
@@ -61,6 +58,10 @@ def main(argv: list[str] | None = None) -> None:
         if debug:
             raise
         code = report_failure(exc)
+    if code == INTERRUPTED:  # Typer turns Ctrl-C into this exit code; say what it means and how to go on
+        command = next((a for a in args if not a.startswith("-")), "")
+        hint = RESUME_HINT.get(command)
+        say(f"interrupted{'; ' + hint if hint else ''}")
     sys.exit(code if isinstance(code, int) else 0)
 
 
