@@ -170,3 +170,26 @@ def test_ablate_interrupted_in_its_second_run_says_how_to_resume_and_then_finish
     assert rerun.returncode == 0, rerun.stderr
     assert snapshot(tmp_path / "ab" / "runs" / "qsm" / "seed0" / "fold0") == finished  # skipped, not retrained
     assert (tmp_path / "ab" / "results.md").exists()
+
+
+@pytest.mark.slow
+def test_ablation_leaves_a_run_locked_by_another_process_and_the_last_process_writes_results(
+        tmp_path: Path, data: Path):
+    out = tmp_path / "ab"
+    args = ["ablate", data, "--out", out, "--channel-sets", "qsm", "--cv", "2", "--epochs", "1", "--batch-size",
+            "16", "--augment", "none", "--bootstrap", "20", "--threads", "1", "--quiet"]
+    busy = out / "runs" / "qsm" / "seed0" / "fold1"
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(busy)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        first = run_wrapped("", args)
+        assert first.returncode == 0, first.stderr
+        assert "other processes" in first.stdout and not (out / "results.md").exists()
+        assert (out / "runs" / "qsm" / "seed0" / "fold0" / "model.pt").exists()  # its own share is done
+        assert not (busy / "model.pt").exists()
+    finally:
+        holder.communicate("\n", timeout=30)
+    second = run_wrapped("", args)  # the lock is free: this process trains the last run and writes the results
+    assert second.returncode == 0, second.stderr
+    assert (busy / "model.pt").exists() and (out / "results.md").exists()

@@ -14,17 +14,19 @@ from __future__ import annotations
 
 import csv
 import time
+from contextlib import suppress
 from pathlib import Path
 
 import numpy as np
 
-from mslesion.atomic import atomic_path, check_folder_output, write_json
+from mslesion.atomic import FolderInUse, atomic_path, check_folder_output, locked_folder, write_json
 from mslesion.config import AblationConfig, EvaluateConfig, TrainConfig, canonical_channels, to_dict
 from mslesion.data.task import Task, load_task
 from mslesion.errors import InputError
 from mslesion.metrics import SUMMARY_METRICS, Predictions, paired_comparison, patient_bootstrap
 from mslesion.paper import PAPER_TABLE3
 from mslesion.runs import (
+    ABLATION_LOCK,
     ABLATION_PNG,
     CHECKPOINT,
     CONFIG,
@@ -68,10 +70,15 @@ def ablate(cfg: AblationConfig, show_progress: bool = True, console=None) -> dic
         for run in runs:
             if progress:
                 progress.update(task_id, description=_run_label(run))
-            train_and_evaluate_run(run, full_task.with_channels(run.channels))
+            with suppress(FolderInUse):  # another process trains this run into the same ablation folder
+                train_and_evaluate_run(run, full_task.with_channels(run.channels))
             if progress:
                 progress.advance(task_id)
-    results = summarise(cfg)
+    pending = [run.out for run in runs if not is_finished_run(Path(run.out))]
+    if pending:  # the process that finishes the last run writes the results
+        return {"pending": pending, "grid_seconds": time.perf_counter() - started}
+    with locked_folder(cfg.out, ABLATION_LOCK):
+        results = summarise(cfg)
     results["grid_seconds"] = time.perf_counter() - started
     return results
 

@@ -105,6 +105,10 @@ def has_results(folder: str | Path) -> bool:
     return Path(folder).is_dir() and any(not p.name.startswith(".") for p in Path(folder).iterdir())
 
 
+class FolderInUse(InputError):
+    """Another process holds the folder's lock."""
+
+
 @contextmanager
 def locked_folder(folder: str | Path, lock_name: str):
     """Hold `folder`'s lock while the block writes there; a second writer fails at once, naming the holder."""
@@ -116,8 +120,8 @@ def locked_folder(folder: str | Path, lock_name: str):
         lock.acquire()
     except Timeout:
         who = holder.read_text().strip() if holder.exists() else "another process"
-        raise InputError(f"in use by another mslesion process ({who}); wait for it to finish or use another "
-                         "--out", folder) from None
+        raise FolderInUse(f"in use by another mslesion process ({who}); wait for it to finish or use another "
+                          "--out", folder) from None
     try:
         holder.write_text(f"pid {os.getpid()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
         yield folder

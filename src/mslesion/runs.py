@@ -65,6 +65,7 @@ SUBJECT_LESIONS, SUBJECT_SUMMARY = "lesions.csv", "summary.json"
 
 # The lock a writer holds on a run (or prediction) folder, and where a replacement (--overwrite) is built
 RUN_LOCK = ".mslesion.lock"
+ABLATION_LOCK = ".mslesion-results.lock"  # the ablation folder's own results (its runs have their own locks)
 
 # Settings that may differ between a run folder and the command asking for it: they do not change results.
 RESULT_NEUTRAL_SETTINGS = ("out", "device", "threads")

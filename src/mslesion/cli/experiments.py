@@ -53,6 +53,10 @@ def ablate_command(
         scheme=split, cv_folds=cv, seeds=seeds, reference=reference, n_bootstrap=bootstrap, train=template,
     )
     results = ablate(cfg, show_progress=not quiet, console=console)
+    if "pending" in results:
+        console.print(f"{len(results['pending'])} run(s) are being trained by other processes; the one that finishes "
+                      "last writes the results (or rerun this command then)")
+        return
     console.print(results_table(results))
     console.print(f"grid finished in {results['grid_seconds']:.0f} s; full table with per-class TPR and paired "
                   f"tests in {out / 'results.md'}")
