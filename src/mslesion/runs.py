@@ -33,6 +33,7 @@ import csv
 import io
 import json
 import pickle
+import warnings
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -113,8 +114,13 @@ def load_torch(path: Path) -> dict[str, Any]:
     if not path.exists():
         raise InputError("checkpoint not found (did training finish?)", path)
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, pickle.UnpicklingError, zipfile.BadZipFile, EOFError, ValueError, OSError) as exc:
+        with warnings.catch_warnings():  # torch warns about foreign pickle protocols: the error below says enough
+            warnings.simplefilter("ignore")
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:  # torch's own message is a page of advice to load unsafely: not ours to give
+        raise InputError("holds objects other than tensors and plain data; refused (checkpoints are loaded with "
+                         "weights_only=True, never executed)", path) from None
+    except (RuntimeError, zipfile.BadZipFile, EOFError, ValueError, OSError) as exc:
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
         raise InputError(f"corrupt or foreign checkpoint ({first_line[:120]})", path) from None
     if not isinstance(obj, dict) or obj.get("format") != "mslesion":
