@@ -101,3 +101,29 @@ def test_missing_data_or_unknown_channel_fails_before_any_output(tmp_path: Path)
     with pytest.raises(InputError, match="unknown channel swi"):
         ablate(AblationConfig(data=str(data), out=str(out), channel_sets=("qsm", "swi")), False)
     assert not out.exists()
+
+
+@pytest.mark.slow
+def test_shards_of_the_grid_give_the_results_of_the_whole_grid(tmp_path: Path) -> None:
+    data = tmp_path / "toy.h5"
+    write_patches(data, toy_patches(size=23, n_patients=12))
+    whole = AblationConfig(data=str(data), out=str(tmp_path / "whole"), channel_sets=("flair", "qsm"), cv_folds=2,
+                           **FAST)
+    sharded = dataclasses.replace(whole, out=str(tmp_path / "sharded"))
+    expected = ablate(whole, show_progress=False)
+    first = ablate(sharded, show_progress=False, shard=(1, 3))  # 4 runs in 3 slices: runs 1 and 4
+    assert len(first["pending"]) == 2 and not (tmp_path / "sharded" / RESULTS_MD).exists()
+    with pytest.raises(InputError, match="not finished"):
+        ablate(sharded, show_progress=False, collect=True)
+    ablate(sharded, show_progress=False, shard=(3, 3))
+    last = ablate(sharded, show_progress=False, shard=(2, 3))  # finishes the grid: writes the results
+    assert last["rows"] == expected["rows"] and last["comparisons"] == expected["comparisons"]
+    assert ablate(sharded, show_progress=False, collect=True)["rows"] == expected["rows"]
+
+
+@pytest.mark.parametrize("shard", [(0, 2), (3, 2), (1, 0)])
+def test_a_shard_outside_the_grid_is_an_input_error(tmp_path: Path, shard: tuple[int, int]) -> None:
+    from mslesion.ablate import shard_of
+
+    with pytest.raises(InputError, match="--shard"):
+        shard_of(grid(AblationConfig(data="x.h5", out=str(tmp_path), channel_sets=("qsm",))), shard)

@@ -55,19 +55,32 @@ def grid(cfg: AblationConfig) -> list[TrainConfig]:
 # --- running the grid ---------------------------------------------------------------------------------------
 
 
-def ablate(cfg: AblationConfig, show_progress: bool = True, console=None) -> dict:
-    """Train and evaluate every run of the grid (skipping finished ones), then write the results."""
+def shard_of(runs: list[TrainConfig], shard: tuple[int, int]) -> list[TrainConfig]:
+    """The I-th of N interleaved slices of the grid (1-based, as a scheduler's job array counts)."""
+    index, count = shard
+    if not 1 <= index <= count:
+        raise InputError(f"--shard must be I/N with 1 ≤ I ≤ N, got {index}/{count}")
+    return runs[index - 1::count]
+
+
+def ablate(cfg: AblationConfig, show_progress: bool = True, console=None, shard: tuple[int, int] = (1, 1),
+           collect: bool = False) -> dict:
+    """Train and evaluate this process's share of the grid (skipping finished runs and runs another process holds),
+    then write the results if every run of the grid is finished. With collect, only write the results."""
     check_folder_output(cfg.out, overwrite=True)  # a rerun resumes by design: only a file in the way is an error
     runs = grid(cfg)
     for run in runs:
         check_finished_run_matches(run)
-    wanted = tuple(dict.fromkeys(c for run in runs for c in run.channels))
+    if collect:
+        return collect_results(cfg, runs)
+    mine = shard_of(runs, shard)
+    wanted = tuple(dict.fromkeys(c for run in mine for c in run.channels))
     full_task = load_task(cfg.data, wanted, cfg.train.classes).check_trainable()  # fails before any output
     write_ablation_config(Path(cfg.out), cfg)
     started = time.perf_counter()
     with grid_progress(show_progress, console) as progress:
-        task_id = progress.add_task("ablation", total=len(runs)) if progress else None
-        for run in runs:
+        task_id = progress.add_task("ablation", total=len(mine)) if progress else None
+        for run in mine:
             if progress:
                 progress.update(task_id, description=_run_label(run))
             with suppress(FolderInUse):  # another process trains this run into the same ablation folder
@@ -77,10 +90,19 @@ def ablate(cfg: AblationConfig, show_progress: bool = True, console=None) -> dic
     pending = [run.out for run in runs if not is_finished_run(Path(run.out))]
     if pending:  # the process that finishes the last run writes the results
         return {"pending": pending, "grid_seconds": time.perf_counter() - started}
-    with locked_folder(cfg.out, ABLATION_LOCK):
-        results = summarise(cfg)
+    results = collect_results(cfg, runs)
     results["grid_seconds"] = time.perf_counter() - started
     return results
+
+
+def collect_results(cfg: AblationConfig, runs: list[TrainConfig]) -> dict:
+    """The results of a finished grid, written under the ablation folder's lock (several processes may finish)."""
+    pending = [run.out for run in runs if not is_finished_run(Path(run.out))]
+    if pending:
+        raise InputError(f"{len(pending)} of {len(runs)} runs are not finished yet (first: {pending[0]}); run the "
+                         "remaining shards first", cfg.out)
+    with locked_folder(cfg.out, ABLATION_LOCK):
+        return summarise(cfg)
 
 
 def _run_label(run: TrainConfig) -> str:

@@ -37,6 +37,10 @@ def ablate_command(
     device: Annotated[str, option(TrainConfig, "device")] = TEMPLATE.device,
     precision: Annotated[str, option(TrainConfig, "precision")] = TEMPLATE.precision,
     threads: Annotated[int, option(TrainConfig, "threads")] = TEMPLATE.threads,
+    shard: Annotated[str, typer.Option(help="Run only the I-th of N slices of the grid, e.g. 2/8 (one job of a "
+                                            "scheduler's array); the job finishing the last run writes the "
+                                            "results.")] = "1/1",
+    collect: Annotated[bool, typer.Option(help="Only gather the results of a finished grid.")] = False,
     quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
 ) -> None:
     """Train and evaluate every channel combination; results with patient-bootstrap CIs and paired tests."""
@@ -52,14 +56,15 @@ def ablate_command(
         channel_sets=tuple(s.strip() for s in channel_sets.split(";") if s.strip()),
         scheme=split, cv_folds=cv, seeds=seeds, reference=reference, n_bootstrap=bootstrap, train=template,
     )
-    results = ablate(cfg, show_progress=not quiet, console=console)
+    index, count = parse_shard(shard)
+    results = ablate(cfg, show_progress=not quiet, console=console, shard=(index, count), collect=collect)
     if "pending" in results:
         console.print(f"{len(results['pending'])} run(s) are being trained by other processes; the one that finishes "
                       "last writes the results (or rerun this command then)")
         return
     console.print(results_table(results))
-    console.print(f"grid finished in {results['grid_seconds']:.0f} s; full table with per-class TPR and paired "
-                  f"tests in {out / 'results.md'}")
+    took = f"grid finished in {results['grid_seconds']:.0f} s; " if "grid_seconds" in results else ""
+    console.print(f"{took}full table with per-class TPR and paired tests in {out / 'results.md'}")
 
 
 @app.command("report")
@@ -75,6 +80,15 @@ def report_command(
 
     path = write_report(ReportConfig(folder=str(folder), out=str(out), abstain=abstain, examples=examples), overwrite)
     console.print(f"wrote {path}")
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    from mslesion.errors import InputError
+
+    index, _, count = text.partition("/")
+    if not (index.strip().isdigit() and count.strip().isdigit()):
+        raise InputError(f"--shard must be I/N (e.g. 2/8), got {text!r}")
+    return int(index), int(count)
 
 
 def results_table(results: dict):
