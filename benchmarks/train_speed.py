@@ -38,6 +38,7 @@ from mslesion.config import EvaluateConfig, TrainConfig
 from mslesion.evaluate import evaluate
 from mslesion.inference import predict_logits, predict_probabilities
 from mslesion.model import LesionNet
+from mslesion.precision import resolve
 from mslesion.runtime import autocast_dtype
 
 
@@ -72,7 +73,7 @@ def our_train_step(batch_size: int, precision: str):
     torch.manual_seed(0)
     model = LesionNet(3, 2, 35).channels_last()
     optimizer = train_module.build_optimizer(model, cfg)
-    dtype = autocast_dtype(torch.device("cpu"), precision)
+    dtype = autocast_dtype(torch.device("cpu"), resolve(torch.device("cpu"), precision, "training"))
     # only what an epoch reads: no task, split or run folder (nothing is written)
     state = train_module.TrainingState(cfg, None, {}, model, model, optimizer, images, targets, np.arange(256),
                                        torch.device("cpu"), dtype, distributed.DistContext(), Path("."))
@@ -214,7 +215,7 @@ def main() -> None:
         return
     precision = "auto"
     print(f"torch {torch.__version__}, {args.threads} threads, batch {b}, autocast on CPU: "
-          f"{autocast_dtype(torch.device('cpu'), precision) or 'none (fp32)'}", flush=True)
+          f"{resolve(torch.device('cpu'), precision, 'training')}", flush=True)
     results: dict = {"batch_size": b, "threads": args.threads, "rounds": args.rounds, "steps": args.steps}
 
     parts = set(args.parts.split(","))

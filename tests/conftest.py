@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from mslesion.data.patches import PatchSet, write_patches
+
+# `--precision auto` caches a measurement per machine: tests measure into a folder of their own (and every
+# subprocess they start inherits it), never into the user's cache.
+os.environ["MSLESION_CACHE_DIR"] = tempfile.mkdtemp(prefix="mslesion-test-cache-")
 
 
 def toy_patches(

@@ -188,7 +188,7 @@ class TrainConfig:
     device: str = "cpu"
     """cpu, cuda or cuda:N."""
     precision: str = "auto"
-    """auto (bf16 autocast where it is faster: CUDA, or a CPU with bf16 support), bf16 or fp32."""
+    """auto (bf16 where this machine runs it faster: CUDA, or a CPU measured once and cached), bf16 or fp32."""
     threads: int = 0
     """CPU threads for torch (0 = torch's default)."""
 
@@ -461,8 +461,9 @@ class PredictConfig:
     """Lesions per forward pass; small batches keep the 35³ feature maps in cache (faster on CPU)."""
     device: str = "cpu"
     """cpu, cuda or cuda:N."""
-    precision: str = "fp32"
-    """fp32, or bf16/auto for faster CPU/GPU inference with slightly different probabilities."""
+    precision: str = "auto"
+    """auto (bf16 where this machine runs it faster, measured once and cached), bf16 or fp32 (probabilities
+    differ in the third decimal between them)."""
     threads: int = 0
     """CPU threads for torch (0 = torch's default)."""
     finding: LesionFinding = field(default_factory=LesionFinding)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from mslesion.precision import resolve
 from mslesion.runtime import autocast_dtype, keep_freed_memory
 from mslesion.transforms import N_SYMMETRIES, gather_augmented
 
@@ -29,7 +30,7 @@ def _logits_of_pairs(model, images, idx, ks, batch_size, device, precision) -> t
         model.channels_last()  # oneDNN/cuDNN's fast 3D conv layout; values are unchanged
     if device.type == "cpu":
         keep_freed_memory()
-    dtype = autocast_dtype(device, precision)
+    dtype = autocast_dtype(device, resolve(device, precision, "inference"))
     out = []
     for start in range(0, len(idx), batch_size):
         i, k = idx[start:start + batch_size], ks[start:start + batch_size]

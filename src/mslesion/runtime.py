@@ -35,12 +35,11 @@ def set_threads(threads: int) -> None:
 
 
 def autocast_dtype(device: torch.device, precision: str) -> torch.dtype | None:
-    """bf16 where it is fast (CUDA; a CPU with native bf16), else None (fp32)."""
-    if precision == "fp32":
-        return None
-    if precision == "bf16" or device.type == "cuda":
-        return torch.bfloat16
-    return torch.bfloat16 if cpu_has_fast_bf16() else None
+    """The autocast dtype of a resolved precision: bf16, or None for fp32 (`auto` is resolved by
+    `mslesion.precision`, which measures what is faster here)."""
+    if precision not in ("fp32", "bf16"):
+        raise ValueError(f"resolve precision {precision!r} first (mslesion.precision.resolve)")
+    return torch.bfloat16 if precision == "bf16" else None
 
 
 def cpu_has_fast_bf16() -> bool:

@@ -38,6 +38,7 @@ from mslesion.errors import InputError
 from mslesion.inference import predict_logits
 from mslesion.metrics import roc_auc
 from mslesion.model import LesionNet, set_population_batchnorm
+from mslesion.precision import resolve
 from mslesion.progress import progress_bar
 from mslesion.runs import (
     CHECKPOINT,
@@ -347,7 +348,7 @@ def start_training(cfg: TrainConfig, task: Task, run_dir: Path, device: torch.de
     model.to(device).channels_last()
     optimizer = build_optimizer(model, cfg)
     state = TrainingState(cfg, task, split, model, model, optimizer, images, targets, items, device,
-                          autocast_dtype(device, cfg.precision), ctx, run_dir)
+                          autocast_dtype(device, training_precision(cfg, device, checkpoint)), ctx, run_dir)
     if checkpoint is not None:
         model.load_state_dict(checkpoint["state_dict"])
         optimizer.load_state_dict(checkpoint["optimizer"])
@@ -358,6 +359,13 @@ def start_training(cfg: TrainConfig, task: Task, run_dir: Path, device: torch.de
     log.info("train %d patches (%d after oversampling), %d per epoch, test %d, precision %s",
              len(split["train"]), len(items), state.per_epoch, len(split["test"]), state.dtype or torch.float32)
     return state
+
+
+def training_precision(cfg: TrainConfig, device: torch.device, checkpoint: dict | None) -> str:
+    """fp32 or bf16; a resumed run keeps the precision it started with, whatever `auto` would choose today."""
+    if checkpoint is not None and checkpoint.get("precision") in ("fp32", "bf16"):
+        return checkpoint["precision"]
+    return resolve(device, cfg.precision, "training")
 
 
 def run_epochs(state: TrainingState, show_progress: bool) -> None:
@@ -386,6 +394,7 @@ def end_epoch(state: TrainingState, record: dict) -> None:
     state.history.append(record)
     log.info("epoch %d: %s", epoch, ", ".join(f"{k} {v:.4g}" for k, v in record.items() if k != "epoch"))
     save_torch({"format": "mslesion", "config": to_dict(cfg), "epoch": epoch, "history": state.history,
+                "precision": "bf16" if state.dtype is not None else "fp32",
                 "state_dict": state.model.state_dict(), "optimizer": state.optimizer.state_dict(),
                 "best": state.best}, state.run_dir / CHECKPOINT)
     write_json(state.run_dir / HISTORY, state.history)
