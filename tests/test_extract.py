@@ -112,6 +112,20 @@ def test_reorientation_gives_the_same_patches(tmp_path):
     np.testing.assert_allclose(lpi.patches[order_lpi, 1], ras.patches[order_ras, 1])
 
 
+# Two overlapping balls (a confluent lesion: one component, two centres 7 voxels apart) and a single lesion.
+def confluent_lesions(first_code: int, second_code: int) -> tuple:
+    return (((11, 16, 16), 4, first_code), ((18, 16, 16), 4, second_code), ((16, 6, 6), 2, 3))
+
+
+@pytest.mark.parametrize(("codes", "expected"), [((2, 5), 1), ((5, 5), 5)])
+def test_a_confluent_lesion_of_mixed_types_is_unclassified(tmp_path, codes, expected):
+    """Without splitting a union is one lesion: class 1 when its parts' codes differ (the paper's merged lesions),
+    else their shared code."""
+    subject = write_subject(tmp_path / "s", lesions=confluent_lesions(*codes))
+    result = extract_subject(subject, cfg(tmp_path, patch_size=15), ("flair", "mask"))
+    assert sorted(result.labels.tolist()) == sorted([expected, 3])
+
+
 @pytest.mark.parametrize(("connectivity", "expected"), [(6, 2), (26, 1)])
 def test_connectivity(connectivity, expected):
     mask = np.zeros((8, 8, 8), np.float32)

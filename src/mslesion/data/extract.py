@@ -160,7 +160,11 @@ def lesion_labels(
     ids: np.ndarray, objects: list, lesion_map: np.ndarray, phenotype: np.ndarray | None,
     labels_csv: dict[int, int] | None, subject: Subject,
 ) -> np.ndarray:
-    """Table 1 code per lesion: the majority non-zero phenotype code inside it, or the CSV's; 0 = unknown."""
+    """Table 1 code per lesion: the phenotype code inside it, or the CSV's; 0 = unknown.
+
+    A lesion holding several non-zero codes is 1 (unclassified): the paper's class 1 includes lesions "formed by
+    multiple lesions from classes 2 to 6 merging together", so a confluent union of different types is not
+    given the type of its largest part."""
     if labels_csv is not None:
         present = set(np.unique(lesion_map).tolist())
         missing = sorted(set(labels_csv) - present)
@@ -175,10 +179,16 @@ def lesion_labels(
     codes = np.zeros(len(ids), np.int64)
     for n, lesion in enumerate(ids):
         box = objects[lesion - 1]
-        values = phenotype[box][lesion_map[box] == lesion].astype(np.int64)
-        counts = np.bincount(values[values > 0]) if (values > 0).any() else np.zeros(1)
-        codes[n] = int(np.argmax(counts)) if counts.any() else 0
+        codes[n] = lesion_code(phenotype[box][lesion_map[box] == lesion])
     return codes
+
+
+def lesion_code(values: np.ndarray) -> int:
+    """The one non-zero code among a lesion's phenotype values; 1 (unclassified) when they differ; 0 when none."""
+    present = np.unique(values[values > 0]).astype(np.int64)
+    if len(present) == 0:
+        return 0
+    return int(present[0]) if len(present) == 1 else 1
 
 
 def read_lesion_labels(path: Path) -> dict[int, int]:
