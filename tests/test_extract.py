@@ -126,6 +126,50 @@ def test_a_confluent_lesion_of_mixed_types_is_unclassified(tmp_path, codes, expe
     assert sorted(result.labels.tolist()) == sorted([expected, 3])
 
 
+def test_split_confluent_gives_each_part_its_patch_row_and_code(tmp_path):
+    subject = write_subject(tmp_path / "s", lesions=confluent_lesions(2, 5))
+    result = extract_subject(subject, cfg(tmp_path, patch_size=15, split_confluent=True), ("flair", "mask"))
+    rows = sorted(result.records, key=lambda r: (r["lesion"], r["part"]))
+    union, single = [r for r in rows if r["part"] > 0], [r for r in rows if r["part"] == 0]
+    assert len(union) == 2 and len(single) == 1
+    assert union[0]["lesion"] == union[1]["lesion"] != single[0]["lesion"]  # the component id, as without splitting
+    assert [r["part"] for r in union] == [1, 2]
+    # Each part its own code (split at the neck between the two balls) and its own centre, near its ball's.
+    by_code = {r["label"]: r for r in union}
+    assert sorted(by_code) == [2, 5] and single[0]["label"] == 3
+    for (centre, _, code) in confluent_lesions(2, 5)[:2]:
+        got = np.array([by_code[code][k] for k in ("centre_i", "centre_j", "centre_k")])
+        assert np.abs(got - centre).max() <= 1
+    # The mask channel of a part's patch shows that part only: its voxels, none of the other part's.
+    whole = extract_subject(subject, cfg(tmp_path, patch_size=15), ("flair", "mask"))
+    union_voxels = next(r["voxels"] for r in whole.records if r["lesion"] == union[0]["lesion"])
+    assert sum(r["voxels"] for r in union) == union_voxels
+    for n, record in enumerate(result.records):
+        assert result.patches[n, 1].sum() == record["voxels"]
+    assert len(result.map_ids) == len(set(result.map_ids.tolist())) == 3
+
+
+def test_flags_lesions_larger_than_the_patch_or_at_the_volume_edge(tmp_path):
+    lesions = (((10, 10, 10), 2, 3), ((22, 20, 12), 4, 6), ((12, 22, 0), 2, 5))  # middle: 9 voxels wide
+    subject = write_subject(tmp_path / "s", lesions=lesions)
+    result = extract_subject(subject, cfg(tmp_path, patch_size=7), ("flair", "mask"))
+    flags = {r["label"]: r["flags"] for r in result.records}
+    assert flags == {3: "", 6: "larger_than_patch", 5: "touches_edge"}
+    large = extract_subject(subject, cfg(tmp_path, patch_size=9), ("flair", "mask"))
+    assert {r["label"]: r["flags"] for r in large.records}[6] == ""  # a 9-voxel ball fits a 9³ patch
+
+
+def test_the_patch_file_records_volume_and_part(tmp_path):
+    subject = write_subject(tmp_path / "s", lesions=confluent_lesions(2, 5))
+    config = cfg(tmp_path, patch_size=15, split_confluent=True)
+    results = run_extract([subject], config, show_progress=False)
+    patches = read_patches(config.out)
+    np.testing.assert_array_equal(patches.parts, [r["part"] for r in results[0].records])
+    np.testing.assert_allclose(patches.volume_mm3, [r["volume_mm3"] for r in results[0].records])
+    table = list(csv.DictReader(sidecar_paths(Path(config.out))[0].open()))
+    assert [int(r["part"]) for r in table] == patches.parts.tolist()
+
+
 @pytest.mark.parametrize(("connectivity", "expected"), [(6, 2), (26, 1)])
 def test_connectivity(connectivity, expected):
     mask = np.zeros((8, 8, 8), np.float32)

@@ -74,6 +74,32 @@ def test_predict_one_subject_writes_csv_maps_and_summary(tmp_path, monkeypatch, 
     assert json.loads((out / "predict_config.json").read_text())["patch_size"] == PATCH
 
 
+def test_split_confluent_parts_get_their_own_rows_and_map_values_and_flags_are_counted(tmp_path, monkeypatch,
+                                                                                        capsys):
+    from test_extract import confluent_lesions
+
+    run = make_run(tmp_path / "run")
+    lesions = (*confluent_lesions(2, 5), ((16, 28, 31), 2, 6))  # the last one touches the volume's edge
+    s = write_subject(tmp_path / "s", "sub-1", lesions=lesions)
+    out = tmp_path / "pred"
+    code, text = run_cli(["predict", run, "--mask", s.mask, "--flair", s.flair, "--qsm", s.qsm, "--phenotype",
+                          s.phenotype, "--out", out, "--split-confluent", "--quiet"], monkeypatch, capsys)
+    assert code == 0, text
+    rows = read_rows(out / "sub-1" / "lesions.csv")
+    assert sorted((r["part"] != "0", r["label"]) for r in rows) == [(False, "3"), (False, "6"), (True, "2"),
+                                                                     (True, "5")]
+    assert sorted(r["part"] for r in rows) == ["0", "0", "1", "2"]
+    assert [r["flags"] for r in rows if r["label"] == "6"] == ["touches_edge"]
+    assert all(r["flags"] == "" for r in rows if r["label"] != "6")
+    summary = read_rows(out / "summary.csv")[0]
+    assert summary["n_touches_edge"] == "1" and summary["n_larger_than_patch"] == "0"
+    # Each part's voxels in the label map carry that part's own prediction.
+    labels = np.asarray(nib.load(out / "sub-1" / "sub-1_pred-label_dseg.nii.gz").dataobj)
+    for row in rows:
+        voxel = tuple(int(row[k]) for k in ("centre_i", "centre_j", "centre_k"))
+        assert labels[voxel] == 1 + ("remyelinating", "demyelinating").index(row["predicted"])
+
+
 def test_abstain_and_the_runs_temperature(tmp_path, monkeypatch, capsys):
     run = make_run(tmp_path / "run", channels=("flair", "mask"), uniform=True)
     s = write_subject(tmp_path / "s", "sub-1")

@@ -23,13 +23,15 @@ Connectivity = Annotated[int, option(LesionFinding, "connectivity")]
 Instances = Annotated[bool, option(LesionFinding, "instances")]
 Resample = Annotated[bool, option(LesionFinding, "resample")]
 VoxelSize = Annotated[str, option(LesionFinding, "voxel_size_mm", "--voxel-size")]
+SplitConfluent = Annotated[bool, option(LesionFinding, "split_confluent")]
 Quiet = Annotated[bool, typer.Option(help="No progress bar.")]
 
 
 def lesion_finding(min_volume: float, connectivity: int, instances: bool, resample: bool,
-                   voxel_size: str) -> LesionFinding:
+                   voxel_size: str, split_confluent: bool) -> LesionFinding:
     return LesionFinding(min_volume_mm3=min_volume, connectivity=connectivity, instances=instances,
-                         resample=resample, voxel_size_mm=parse_floats(voxel_size, "--voxel-size"))
+                         resample=resample, voxel_size_mm=parse_floats(voxel_size, "--voxel-size"),
+                         split_confluent=split_confluent)
 
 
 def _print_notes(subject: str, notes: list[str]) -> None:
@@ -49,7 +51,8 @@ def extract_command(
     patch_size: Annotated[int, option(ExtractConfig, "patch_size")] = EXTRACT.patch_size,
     min_volume: MinVolume = FINDING.min_volume_mm3, connectivity: Connectivity = FINDING.connectivity,
     instances: Instances = FINDING.instances, resample: Resample = FINDING.resample,
-    voxel_size: VoxelSize = joined(FINDING.voxel_size_mm), quiet: Quiet = False,
+    voxel_size: VoxelSize = joined(FINDING.voxel_size_mm), split_confluent: SplitConfluent = FINDING.split_confluent,
+    quiet: Quiet = False,
 ) -> None:
     """Cut one patch per lesion out of NIfTI subjects into a patch file (the format `train` reads)."""
     from mslesion.config import parse_channels
@@ -57,7 +60,8 @@ def extract_command(
     from mslesion.data.subjects import discover
 
     cfg = ExtractConfig(out=str(out), channels=parse_channels(channels) if channels else (), patch_size=patch_size,
-                        finding=lesion_finding(min_volume, connectivity, instances, resample, voxel_size))
+                        finding=lesion_finding(min_volume, connectivity, instances, resample, voxel_size,
+                                               split_confluent))
     subjects = discover(source, mask, flair, qsm, phenotype, subject)
     results = run_extract(subjects, cfg, show_progress=not quiet)
     for result in results:
@@ -82,7 +86,7 @@ def predict_command(
     abstain: Annotated[float, option(PredictConfig, "abstain")] = PREDICT.abstain,
     min_volume: MinVolume = FINDING.min_volume_mm3, connectivity: Connectivity = FINDING.connectivity,
     instances: Instances = FINDING.instances, resample: Resample = FINDING.resample,
-    voxel_size: VoxelSize = joined(FINDING.voxel_size_mm),
+    voxel_size: VoxelSize = joined(FINDING.voxel_size_mm), split_confluent: SplitConfluent = FINDING.split_confluent,
     batch_size: Annotated[int, option(PredictConfig, "batch_size")] = PREDICT.batch_size,
     device: Annotated[str, option(PredictConfig, "device")] = PREDICT.device,
     precision: Annotated[str, option(PredictConfig, "precision")] = PREDICT.precision,
@@ -90,19 +94,22 @@ def predict_command(
     quiet: Quiet = False,
 ) -> None:
     """Classify every lesion of new subjects: per-lesion CSV, label and probability maps, summaries."""
+    from mslesion.data.extract import FLAGS
     from mslesion.data.subjects import discover
     from mslesion.predict import predict_patch_file, predict_subjects
 
     cfg = PredictConfig(run=str(run), out=str(out), tta=tta, abstain=abstain, batch_size=batch_size, device=device,
                         precision=precision, threads=threads,
-                        finding=lesion_finding(min_volume, connectivity, instances, resample, voxel_size))
+                        finding=lesion_finding(min_volume, connectivity, instances, resample, voxel_size,
+                                               split_confluent))
     if source is not None and source.suffix.lower() in (".h5", ".hdf5"):
         summaries = predict_patch_file(cfg, source, show_progress=not quiet)
     else:
         summaries = predict_subjects(cfg, discover(source, mask, flair, qsm, phenotype, subject), not quiet)
     for summary in summaries:
         _print_notes(summary["subject"], summary.get("notes", []))
-        counts = ", ".join(f"{k[2:]} {v}" for k, v in summary.items() if k.startswith("n_") and v)
+        counts = ", ".join(f"{k[2:]} {v}" for k, v in summary.items()
+                           if k.startswith("n_") and k[2:] not in FLAGS and v)
         message = f"{summary['lesions']} lesions" + (f" ({counts})" if counts else "")
         if not summary["lesions"]:
             message = f"no lesions of at least {min_volume:g} mm³"
