@@ -358,3 +358,54 @@ def test_synth_volumes_voxel_size_and_lesion_rate(tmp_path, monkeypatch, capsys)
                              capsys)
         assert code == 2 and len(text.strip().splitlines()) == 1, text
         assert not (tmp_path / "bad").exists()
+
+
+@pytest.fixture(scope="module")
+def split_synthetic_subjects(tmp_path_factory) -> tuple[int, int, int, int]:
+    """(true parts of confluent lesions, recovered within 2 voxels, single lesions, over-split) over 6 synthetic
+    subjects at 0.8 mm (the bank's shapes are 1 mm: resampled and rotated, so this is not the bank's own split
+    re-run), with half the components confluent (real masks: 3%) so that the counts rest on ~150 parts."""
+    from unittest import mock
+
+    from mslesion.config import SynthConfig
+    from mslesion.data.synth import volumes
+
+    voxel_mm, out = 0.8, tmp_path_factory.mktemp("split")
+    with mock.patch.object(volumes, "is_confluent", lambda rng: bool(rng.random() < 0.5)):
+        folders = volumes.generate_subject_volumes(SynthConfig(seed=0, labelled_only=True), out, 6,
+                                                   voxel_size_mm=voxel_mm, lesions_per_subject=40)
+    totals = np.zeros(4, np.int64)
+    for folder in folders:
+        truth = list(csv.DictReader((folder / "lesions.csv").open()))
+        anat = folder / "anat"
+        subject = Subject(folder.name, anat / f"{folder.name}_label-lesion_mask.nii.gz", None, None, None)
+        found = extract_subject(subject, cfg(folder, patch_size=23, min_volume_mm3=0, split_confluent=True),
+                                ("mask",)).records
+        centres = np.array([[r[k] for k in ("x_mm", "y_mm", "z_mm")] for r in found], dtype=np.float64)
+        parts_of = {c: sum(r["component"] == c for r in truth) for c in {r["component"] for r in truth}}
+        for row in truth:
+            distance = np.linalg.norm(centres - [float(row[k]) for k in ("x_mm", "y_mm", "z_mm")], axis=1)
+            nearest = int(np.argmin(distance))
+            if parts_of[row["component"]] > 1:
+                totals += (1, distance[nearest] / voxel_mm <= 2, 0, 0)
+            else:
+                totals += (0, 0, 1, found[nearest]["part"] > 0)
+    return tuple(int(v) for v in totals)  # type: ignore[return-value]
+
+
+@pytest.mark.slow
+def test_split_confluent_finds_the_parts_of_synthetic_confluent_lesions(split_synthetic_subjects):
+    """Measured (seed 0): 126/147 parts (85.7%) recovered, 3/163 single lesions (1.8%) over-split; seed 1 (not in
+    the test): 90.1% and 4.1%. The issue's target (90%) is the xfail below."""
+    parts, recovered, singles, over_split = split_synthetic_subjects
+    print(f"{recovered}/{parts} parts recovered within 2 voxels, {over_split}/{singles} single lesions over-split")
+    assert parts >= 100 and singles >= 100
+    assert recovered >= 0.8 * parts
+    assert over_split <= 0.05 * singles
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="the target is not met yet: 85.7% of the parts recovered (seed 0)")
+def test_split_confluent_recovers_nine_parts_in_ten(split_synthetic_subjects):
+    parts, recovered, _, _ = split_synthetic_subjects
+    assert recovered >= 0.9 * parts
