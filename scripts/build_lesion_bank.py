@@ -17,10 +17,14 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
-from mslesion.data.lesions import connected_components, split_component
+from mslesion.data.lesions import SplitOptions, connected_components, split_component
 from mslesion.data.synth.shapes import BANK_FILE, BUILD_MASKS, MAX_PARTS, pack, unpack
 
 MIN_VOXELS = 10  # 10 mm³ at 1 mm: extract's default minimum volume
+
+# The options the shipped bank was cut with (extract's default min_neck_mm later became 0.8): rebuilding with
+# them reproduces lesion_bank.npz.
+BANK_SPLIT = SplitOptions(min_separation_mm=4.0, min_radius_mm=1.5, min_neck_mm=1.0)
 
 
 def mask_path(data: Path, name: str) -> Path:
@@ -39,7 +43,7 @@ def cut_shapes(mask: np.ndarray, groups: int) -> tuple[list[np.ndarray], list[in
             continue
         n += 1
         inside = components[box] == component
-        parts = split_component(inside, (1.0, 1.0, 1.0), max_parts=MAX_PARTS)
+        parts = split_component(inside, (1.0, 1.0, 1.0), BANK_SPLIT, max_parts=MAX_PARTS)
         confluent = parts.max() > 1
         for part in range(1, int(parts.max()) + 1):
             own = parts == part

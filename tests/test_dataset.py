@@ -27,9 +27,33 @@ def test_round_trip_keeps_everything(tmp_path: Path):
     assert np.array_equal(back.lesions, patches.lesions)
     assert back.channels == ("flair", "qsm", "mask")
     assert list(back.split) == list(patches.split)
+    assert back.volume_mm3 is None and back.parts is None  # optional: written only when given
     with h5py.File(tmp_path / "p.h5") as f:
-        assert f.attrs["format_version"] == 1
+        assert f.attrs["format_version"] == 2
         assert list(f["images"].attrs["channels"]) == ["flair", "qsm", "mask"]
+
+
+def test_per_lesion_volume_and_part_round_trip_and_follow_the_row_selection(tmp_path: Path):
+    patches = toy_patches(size=7)
+    patches.volume_mm3 = np.arange(len(patches), dtype=np.float64) * 1.5
+    patches.parts = np.arange(len(patches)) % 3
+    write_patches(tmp_path / "p.h5", patches)
+    wanted = patches.labels != patches.labels[0]
+    back = read_patches(tmp_path / "p.h5", labels_wanted=lambda labels: labels != patches.labels[0])
+    np.testing.assert_array_equal(back.volume_mm3, patches.volume_mm3[wanted])
+    np.testing.assert_array_equal(back.parts, patches.parts[wanted])
+    patches.parts = patches.parts[:-1]
+    with pytest.raises(InputError, match="part has"):
+        write_patches(tmp_path / "q.h5", patches)
+
+
+def test_a_format_1_file_still_reads():
+    """tests/data/v1_patches.h5 was written by mslesion 0.1.0 (format 1: no volume_mm3, no part)."""
+    fixture = Path(__file__).parent / "data" / "v1_patches.h5"
+    with h5py.File(fixture) as f:
+        assert f.attrs["format_version"] == 1 and "volume_mm3" not in f and "part" not in f
+    patches = read_patches(fixture)
+    assert len(patches) == 42 and patches.volume_mm3 is None and patches.parts is None
 
 
 def test_channel_selection_in_requested_order(tmp_path: Path):

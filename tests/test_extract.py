@@ -112,6 +112,64 @@ def test_reorientation_gives_the_same_patches(tmp_path):
     np.testing.assert_allclose(lpi.patches[order_lpi, 1], ras.patches[order_ras, 1])
 
 
+# Two overlapping balls (a confluent lesion: one component, two centres 7 voxels apart) and a single lesion.
+def confluent_lesions(first_code: int, second_code: int) -> tuple:
+    return (((11, 16, 16), 4, first_code), ((18, 16, 16), 4, second_code), ((16, 6, 6), 2, 3))
+
+
+@pytest.mark.parametrize(("codes", "expected"), [((2, 5), 1), ((5, 5), 5)])
+def test_a_confluent_lesion_of_mixed_types_is_unclassified(tmp_path, codes, expected):
+    """Without splitting a union is one lesion: class 1 when its parts' codes differ (the paper's merged lesions),
+    else their shared code."""
+    subject = write_subject(tmp_path / "s", lesions=confluent_lesions(*codes))
+    result = extract_subject(subject, cfg(tmp_path, patch_size=23), ("flair", "mask"))
+    assert sorted(result.labels.tolist()) == sorted([expected, 3])
+
+
+def test_split_confluent_gives_each_part_its_patch_row_and_code(tmp_path):
+    subject = write_subject(tmp_path / "s", lesions=confluent_lesions(2, 5))
+    result = extract_subject(subject, cfg(tmp_path, patch_size=23, split_confluent=True), ("flair", "mask"))
+    rows = sorted(result.records, key=lambda r: (r["lesion"], r["part"]))
+    union, single = [r for r in rows if r["part"] > 0], [r for r in rows if r["part"] == 0]
+    assert len(union) == 2 and len(single) == 1
+    assert union[0]["lesion"] == union[1]["lesion"] != single[0]["lesion"]  # the component id, as without splitting
+    assert [r["part"] for r in union] == [1, 2]
+    # Each part its own code (split at the neck between the two balls) and its own centre, near its ball's.
+    by_code = {r["label"]: r for r in union}
+    assert sorted(by_code) == [2, 5] and single[0]["label"] == 3
+    for (centre, _, code) in confluent_lesions(2, 5)[:2]:
+        got = np.array([by_code[code][k] for k in ("centre_i", "centre_j", "centre_k")])
+        assert np.abs(got - centre).max() <= 1
+    # The mask channel of a part's patch shows that part only: its voxels, none of the other part's.
+    whole = extract_subject(subject, cfg(tmp_path, patch_size=23), ("flair", "mask"))
+    union_voxels = next(r["voxels"] for r in whole.records if r["lesion"] == union[0]["lesion"])
+    assert sum(r["voxels"] for r in union) == union_voxels
+    for n, record in enumerate(result.records):
+        assert result.patches[n, 1].sum() == record["voxels"]
+    assert len(result.map_ids) == len(set(result.map_ids.tolist())) == 3
+
+
+def test_flags_lesions_larger_than_the_patch_or_at_the_volume_edge(tmp_path):
+    lesions = (((8, 8, 8), 2, 3), ((30, 28, 24), 12, 6), ((12, 40, 0), 2, 5))  # middle: 25 voxels wide
+    subject = write_subject(tmp_path / "s", shape=(48, 48, 48), lesions=lesions)
+    result = extract_subject(subject, cfg(tmp_path, patch_size=23), ("flair", "mask"))
+    flags = {r["label"]: r["flags"] for r in result.records}
+    assert flags == {3: "", 6: "larger_than_patch", 5: "touches_edge"}
+    large = extract_subject(subject, cfg(tmp_path, patch_size=25), ("flair", "mask"))
+    assert {r["label"]: r["flags"] for r in large.records}[6] == ""  # a 25-voxel ball fits a 25³ patch
+
+
+def test_the_patch_file_records_volume_and_part(tmp_path):
+    subject = write_subject(tmp_path / "s", lesions=confluent_lesions(2, 5))
+    config = cfg(tmp_path, patch_size=23, split_confluent=True)
+    results, _ = run_extract([subject], config, show_progress=False)
+    patches = read_patches(config.out)
+    np.testing.assert_array_equal(patches.parts, [r["part"] for r in results[0].records])
+    np.testing.assert_allclose(patches.volume_mm3, [r["volume_mm3"] for r in results[0].records])
+    table = list(csv.DictReader(sidecar_paths(Path(config.out))[0].open()))
+    assert [int(r["part"]) for r in table] == patches.parts.tolist()
+
+
 @pytest.mark.parametrize(("connectivity", "expected"), [(6, 2), (26, 1)])
 def test_connectivity(connectivity, expected):
     mask = np.zeros((8, 8, 8), np.float32)
@@ -302,3 +360,54 @@ def test_synth_volumes_voxel_size_and_lesion_rate(tmp_path, monkeypatch, capsys)
                              capsys)
         assert code == 2 and len(text.strip().splitlines()) == 1, text
         assert not (tmp_path / "bad").exists()
+
+
+@pytest.fixture(scope="module")
+def split_synthetic_subjects(tmp_path_factory) -> tuple[int, int, int, int]:
+    """(true parts of confluent lesions, recovered within 2 voxels, single lesions, over-split) over 6 synthetic
+    subjects at 0.8 mm (the bank's shapes are 1 mm: resampled and rotated, so this is not the bank's own split
+    re-run), with half the components confluent (real masks: 3%) so that the counts rest on ~150 parts."""
+    from unittest import mock
+
+    from mslesion.config import SynthConfig
+    from mslesion.data.synth import volumes
+
+    voxel_mm, out = 0.8, tmp_path_factory.mktemp("split")
+    with mock.patch.object(volumes, "is_confluent", lambda rng: bool(rng.random() < 0.5)):
+        folders = volumes.generate_subject_volumes(SynthConfig(seed=0, labelled_only=True), out, 6,
+                                                   voxel_size_mm=voxel_mm, lesions_per_subject=40)
+    totals = np.zeros(4, np.int64)
+    for folder in folders:
+        truth = list(csv.DictReader((folder / "lesions.csv").open()))
+        anat = folder / "anat"
+        subject = Subject(folder.name, anat / f"{folder.name}_label-lesion_mask.nii.gz", None, None, None)
+        found = extract_subject(subject, cfg(folder, patch_size=23, min_volume_mm3=0, split_confluent=True),
+                                ("mask",)).records
+        centres = np.array([[r[k] for k in ("x_mm", "y_mm", "z_mm")] for r in found], dtype=np.float64)
+        parts_of = {c: sum(r["component"] == c for r in truth) for c in {r["component"] for r in truth}}
+        for row in truth:
+            distance = np.linalg.norm(centres - [float(row[k]) for k in ("x_mm", "y_mm", "z_mm")], axis=1)
+            nearest = int(np.argmin(distance))
+            if parts_of[row["component"]] > 1:
+                totals += (1, distance[nearest] / voxel_mm <= 2, 0, 0)
+            else:
+                totals += (0, 0, 1, found[nearest]["part"] > 0)
+    return tuple(int(v) for v in totals)  # type: ignore[return-value]
+
+
+@pytest.mark.slow
+def test_split_confluent_finds_the_parts_of_synthetic_confluent_lesions(split_synthetic_subjects):
+    """Measured (seed 0): 126/147 parts (85.7%) recovered, 3/163 single lesions (1.8%) over-split; seed 1 (not in
+    the test): 90.1% and 4.1%. The issue's target (90%) is the xfail below."""
+    parts, recovered, singles, over_split = split_synthetic_subjects
+    print(f"{recovered}/{parts} parts recovered within 2 voxels, {over_split}/{singles} single lesions over-split")
+    assert parts >= 100 and singles >= 100
+    assert recovered >= 0.8 * parts
+    assert over_split <= 0.05 * singles
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="the target is not met yet: 85.7% of the parts recovered (seed 0)")
+def test_split_confluent_recovers_nine_parts_in_ten(split_synthetic_subjects):
+    parts, recovered, _, _ = split_synthetic_subjects
+    assert recovered >= 0.9 * parts

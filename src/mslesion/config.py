@@ -406,6 +406,9 @@ class LesionFinding:
     """Resample images that are not on the reference grid (QSM, else FLAIR, else mask) instead of failing."""
     voxel_size_mm: tuple[float, ...] = ()
     """Resample every subject to this voxel size (3 values, or 1 for isotropic); empty = keep the grid."""
+    split_confluent: bool = False
+    """Split confluent lesions at their centres (distance-transform maxima, watershed): one patch, row and part
+    number per lesion of a union, labelled by its own phenotype code; without it a union of different codes is 1."""
 
     def __post_init__(self) -> None:
         _finite("--min-volume", self.min_volume_mm3)

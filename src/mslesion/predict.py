@@ -6,7 +6,7 @@ error on the tenth subject leaves no half-written output.
 
 Output folder (its contract: `mslesion.runs`):
   lesion_predictions.csv               every lesion of every subject
-  summary.csv                          per subject: lesion count and volume per predicted class
+  summary.csv                          per subject: lesion count and volume per predicted class, flag counts
   predict_config.json                  the resolved PredictConfig, the run's classes and channels
   <subject>/lesions.csv                that subject's lesions
   <subject>/<subject>_pred-label_dseg.nii.gz   lesion voxels = predicted class (1, 2, ...; K+1 = uncertain)
@@ -25,7 +25,7 @@ import numpy as np
 
 from mslesion.atomic import check_folder_output, csv_text, locked_folder, staged_folder
 from mslesion.config import PredictConfig, to_dict
-from mslesion.data.extract import extract_subject
+from mslesion.data.extract import FLAGS, extract_subject
 from mslesion.data.nifti import to_original_orientation
 from mslesion.data.subjects import Subject
 from mslesion.errors import InputError
@@ -85,12 +85,16 @@ def columns(base: tuple[str, ...], names: tuple[str, ...], tta: bool) -> tuple[s
 
 
 def subject_summary(subject: str, rows: list[dict], names: tuple[str, ...], with_volume: bool) -> dict:
+    """Lesions per predicted class (and their volume); with volumes (NIfTI input), lesions per flag."""
     summary: dict = {"subject": subject, "lesions": len(rows)}
     for name in (*names, UNCERTAIN):
         chosen = [r for r in rows if r["predicted"] == name]
         summary[f"n_{name}"] = len(chosen)
         if with_volume:
             summary[f"volume_{name}_mm3"] = round(sum(r["volume_mm3"] for r in chosen), 3)
+    if with_volume:
+        for flag in FLAGS:
+            summary[f"n_{flag}"] = sum(flag in r["flags"].split(";") for r in rows)
     return summary
 
 
@@ -100,9 +104,9 @@ def write_maps(folder: Path, lesions, index: np.ndarray, probabilities: np.ndarr
 
     size = int(lesions.lesion_map.max()) + 1
     label_lut = np.zeros(size, np.uint8)
-    label_lut[lesions.lesion_ids] = np.where(index < 0, n_classes + 1, index + 1)
+    label_lut[lesions.map_ids] = np.where(index < 0, n_classes + 1, index + 1)
     prob_lut = np.zeros((size, n_classes), np.float32)
-    prob_lut[lesions.lesion_ids] = probabilities
+    prob_lut[lesions.map_ids] = probabilities
     label_img = to_original_orientation(label_lut[lesions.lesion_map], lesions.grid)
     prob_img = to_original_orientation(prob_lut[lesions.lesion_map], lesions.grid)
     nib.save(label_img, folder / label_map_name(lesions.subject))
@@ -130,8 +134,8 @@ def predict_subject(trained: TrainedModel, subject: Subject, cfg: PredictConfig,
     return rows, {**summary, "notes": lesions.notes, "seconds": round(inferred - started, 3)}
 
 
-SUBJECT_BASE = ("subject", "lesion", "x_mm", "y_mm", "z_mm", "centre_i", "centre_j", "centre_k", "voxels",
-                "volume_mm3", "label")
+SUBJECT_BASE = ("subject", "lesion", "part", "x_mm", "y_mm", "z_mm", "centre_i", "centre_j", "centre_k", "voxels",
+                "volume_mm3", "label", "flags")
 
 
 def subject_columns(names: tuple[str, ...], tta: bool) -> tuple[str, ...]:
@@ -196,15 +200,16 @@ def predict_patch_file(cfg: PredictConfig, path: Path, show_progress: bool = Tru
     names = trained.class_map.names
     probabilities, spread = classify(trained, patches.images, cfg)
     _, predicted = decisions(probabilities, names, cfg.abstain)
-    base = [{"subject": str(p), "lesion": int(lesion), "label": int(label)}
-            for p, lesion, label in zip(patches.patients, patches.lesions, patches.labels, strict=True)]
+    parts = patches.parts if patches.parts is not None else np.zeros(len(patches), np.int64)
+    base = [{"subject": str(p), "lesion": int(lesion), "part": int(part), "label": int(label)}
+            for p, lesion, part, label in zip(patches.patients, patches.lesions, parts, patches.labels, strict=True)]
     rows = prediction_rows(base, probabilities, spread, names, predicted)
     subjects = list(dict.fromkeys(r["subject"] for r in rows))
     summaries = [subject_summary(s, [r for r in rows if r["subject"] == s], names, with_volume=False)
                  for s in subjects]
     with locked_folder(cfg.out, RUN_LOCK), staged_folder(cfg.out) as tmp:
-        tmp.joinpath(LESION_PREDICTIONS).write_text(csv_text(rows, columns(("subject", "lesion", "label"), names,
-                                                                          cfg.tta)))
+        table = columns(("subject", "lesion", "part", "label"), names, cfg.tta)
+        tmp.joinpath(LESION_PREDICTIONS).write_text(csv_text(rows, table))
         summary_columns = tuple(summaries[0]) if summaries else ("subject",)
         tmp.joinpath(PREDICTION_SUMMARY).write_text(csv_text(summaries, summary_columns))
         write_config(tmp, cfg, trained)

@@ -23,6 +23,7 @@ Connectivity = Annotated[int, option(LesionFinding, "connectivity")]
 Instances = Annotated[bool, option(LesionFinding, "instances")]
 Resample = Annotated[bool, option(LesionFinding, "resample")]
 VoxelSize = Annotated[str, option(LesionFinding, "voxel_size_mm", "--voxel-size")]
+SplitConfluent = Annotated[bool, option(LesionFinding, "split_confluent")]
 Quiet = Annotated[bool, typer.Option(help="No progress bar.")]
 Overwrite = Annotated[bool, typer.Option(help="Replace earlier results at --out (kept until the new ones are "
                                               "complete).")]
@@ -31,9 +32,10 @@ ContinueOnError = Annotated[bool, typer.Option(help="Skip subjects that cannot b
 
 
 def lesion_finding(min_volume: float, connectivity: int, instances: bool, resample: bool,
-                   voxel_size: str) -> LesionFinding:
+                   voxel_size: str, split_confluent: bool) -> LesionFinding:
     return LesionFinding(min_volume_mm3=min_volume, connectivity=connectivity, instances=instances,
-                         resample=resample, voxel_size_mm=parse_floats(voxel_size, "--voxel-size"))
+                         resample=resample, voxel_size_mm=parse_floats(voxel_size, "--voxel-size"),
+                         split_confluent=split_confluent)
 
 
 def _print_notes(subject: str, notes: list[str]) -> None:
@@ -53,8 +55,8 @@ def extract_command(
     patch_size: Annotated[int, option(ExtractConfig, "patch_size")] = EXTRACT.patch_size,
     min_volume: MinVolume = FINDING.min_volume_mm3, connectivity: Connectivity = FINDING.connectivity,
     instances: Instances = FINDING.instances, resample: Resample = FINDING.resample,
-    voxel_size: VoxelSize = joined(FINDING.voxel_size_mm), overwrite: Overwrite = False,
-    continue_on_error: ContinueOnError = False, quiet: Quiet = False,
+    voxel_size: VoxelSize = joined(FINDING.voxel_size_mm), split_confluent: SplitConfluent = FINDING.split_confluent,
+    overwrite: Overwrite = False, continue_on_error: ContinueOnError = False, quiet: Quiet = False,
 ) -> None:
     """Cut one patch per lesion out of NIfTI subjects into a patch file (the format `train` reads)."""
     from mslesion.config import parse_channels
@@ -62,7 +64,8 @@ def extract_command(
     from mslesion.data.subjects import discover
 
     cfg = ExtractConfig(out=str(out), channels=parse_channels(channels) if channels else (), patch_size=patch_size,
-                        finding=lesion_finding(min_volume, connectivity, instances, resample, voxel_size))
+                        finding=lesion_finding(min_volume, connectivity, instances, resample, voxel_size,
+                                               split_confluent))
     subjects = discover(source, mask, flair, qsm, phenotype, subject)
     results, failures = run_extract(subjects, cfg, not quiet, overwrite, continue_on_error)
     for result in results:
@@ -88,7 +91,7 @@ def predict_command(
     abstain: Annotated[float, option(PredictConfig, "abstain")] = PREDICT.abstain,
     min_volume: MinVolume = FINDING.min_volume_mm3, connectivity: Connectivity = FINDING.connectivity,
     instances: Instances = FINDING.instances, resample: Resample = FINDING.resample,
-    voxel_size: VoxelSize = joined(FINDING.voxel_size_mm),
+    voxel_size: VoxelSize = joined(FINDING.voxel_size_mm), split_confluent: SplitConfluent = FINDING.split_confluent,
     batch_size: Annotated[int, option(PredictConfig, "batch_size")] = PREDICT.batch_size,
     device: Annotated[str, option(PredictConfig, "device")] = PREDICT.device,
     precision: Annotated[str, option(PredictConfig, "precision")] = PREDICT.precision,
@@ -96,13 +99,15 @@ def predict_command(
     overwrite: Overwrite = False, continue_on_error: ContinueOnError = False, quiet: Quiet = False,
 ) -> None:
     """Classify every lesion of new subjects: per-lesion CSV, label and probability maps, summaries."""
+    from mslesion.data.extract import FLAGS
     from mslesion.data.subjects import discover
     from mslesion.predict import predict_patch_file, predict_subjects
     from mslesion.runs import PREDICTION_ERRORS
 
     cfg = PredictConfig(run=str(run), out=str(out), tta=tta, abstain=abstain, batch_size=batch_size, device=device,
                         precision=precision, threads=threads,
-                        finding=lesion_finding(min_volume, connectivity, instances, resample, voxel_size))
+                        finding=lesion_finding(min_volume, connectivity, instances, resample, voxel_size,
+                                               split_confluent))
     failures: list[dict] = []
     if source is not None and source.suffix.lower() in (".h5", ".hdf5"):
         summaries = predict_patch_file(cfg, source, show_progress=not quiet, overwrite=overwrite)
@@ -111,7 +116,8 @@ def predict_command(
         summaries, failures = predict_subjects(cfg, subjects, not quiet, overwrite, continue_on_error)
     for summary in summaries:
         _print_notes(summary["subject"], summary.get("notes", []))
-        counts = ", ".join(f"{k[2:]} {v}" for k, v in summary.items() if k.startswith("n_") and v)
+        counts = ", ".join(f"{k[2:]} {v}" for k, v in summary.items()
+                           if k.startswith("n_") and k[2:] not in FLAGS and v)
         message = f"{summary['lesions']} lesions" + (f" ({counts})" if counts else "")
         if not summary["lesions"]:
             message = f"no lesions of at least {min_volume:g} mm³"

@@ -5,6 +5,9 @@ those under a minimum volume. Each patch is centred on its lesion's centre of ma
 lesion voxel when the centre falls outside a non-convex lesion) and padded with zeros at the volume edge.
 The mask channel marks the centred lesion only, as in the paper's patches: neighbours show in FLAIR and
 QSM but the label belongs to the lesion in the mask.
+
+With `split_confluent` each kept component is split into its lesions (`data.lesions.split_confluent`); every
+part is then a lesion of its own here (patch, row, label-map id), named by (component id, part number).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from mslesion import __version__
 from mslesion.atomic import atomic_path, check_file_output, csv_text, write_atomic
 from mslesion.config import ExtractConfig, LesionFinding, to_dict
 from mslesion.data.intensity import NORMALISATION, normalised
+from mslesion.data.lesions import split_confluent
 from mslesion.data.nifti import ImageGrid, load_aligned
 from mslesion.data.patches import PatchSet, write_patches
 from mslesion.data.subjects import Subject
@@ -28,8 +32,12 @@ from mslesion.errors import InputError
 from mslesion.paper import MS_CHANNELS
 from mslesion.progress import progress_bar
 
-LESION_COLUMNS = ("subject", "lesion", "voxels", "volume_mm3", "centre_i", "centre_j", "centre_k",
-                  "x_mm", "y_mm", "z_mm", "label")
+LESION_COLUMNS = ("subject", "lesion", "part", "voxels", "volume_mm3", "centre_i", "centre_j", "centre_k",
+                  "x_mm", "y_mm", "z_mm", "label", "flags")
+# Per-lesion warnings, in the `flags` column (names joined by ';'). The patch stays centred on the lesion.
+LARGER_THAN_PATCH = "larger_than_patch"  # part of the lesion lies outside its patch
+TOUCHES_EDGE = "touches_edge"  # the lesion touches the volume's border: it may continue outside the scan
+FLAGS = (LARGER_THAN_PATCH, TOUCHES_EDGE)
 
 
 @dataclass
@@ -38,8 +46,10 @@ class SubjectLesions:
 
     subject: str
     grid: ImageGrid
-    lesion_map: np.ndarray  # int32 canonical array: lesion id per voxel (0 elsewhere, small lesions included)
-    lesion_ids: np.ndarray  # int64 [n] ids of the kept lesions
+    lesion_map: np.ndarray  # int32 canonical array: map id per voxel (0 elsewhere); see LesionMap
+    map_ids: np.ndarray  # int64 [n] each kept lesion's id in lesion_map
+    lesion_ids: np.ndarray  # int64 [n] connected component (or instance) id of each kept lesion
+    parts: np.ndarray  # int64 [n] part number within its component, 0 when not split
     patches: np.ndarray  # float32 [n, C, p, p, p]
     labels: np.ndarray  # int64 [n] Table 1 code, 0 = unknown
     records: list[dict]
@@ -54,6 +64,20 @@ def resolve_channels(cfg: ExtractConfig, subjects: list[Subject]) -> tuple[str, 
     if cfg.channels:
         return cfg.channels
     return tuple(c for c in MS_CHANNELS if all(c in s.available_channels for s in subjects))
+
+
+@dataclass
+class LesionMap:
+    """The lesions to cut: a map with one id per lesion, and each kept lesion's component and part.
+
+    Without splitting the map is the component map itself (small, dropped components included, so that the
+    label map shows them as background only where they were dropped); with splitting it holds the parts of the
+    kept components, numbered 1..n."""
+
+    map: np.ndarray  # int32
+    map_ids: np.ndarray  # int64 [n]
+    lesion_ids: np.ndarray  # int64 [n]
+    parts: np.ndarray  # int64 [n]
 
 
 def extract_subject(subject: Subject, cfg: ExtractConfig, channels: tuple[str, ...]) -> SubjectLesions:
@@ -72,16 +96,46 @@ def extract_subject(subject: Subject, cfg: ExtractConfig, channels: tuple[str, .
     reference = next(r for r in ("qsm", "flair", "mask") if r in paths)
     grid, arrays = load_aligned(paths, reference, cfg.finding.resample, cfg.finding.target_voxel_size)
     notes: list[str] = []
-    lesion_map = lesion_components(arrays["mask"], cfg.finding, subject.mask, notes)
-    ids, sizes = kept_lesions(lesion_map, grid.voxel_volume_mm3, cfg.finding.min_volume_mm3)
+    components = lesion_components(arrays["mask"], cfg.finding, subject.mask, notes)
+    if labels_csv is not None:
+        check_csv_ids(labels_csv, components, subject)
+    ids, _ = kept_lesions(components, grid.voxel_volume_mm3, cfg.finding.min_volume_mm3)
     check_patch_fits(cfg.patch_size, grid.shape, subject.mask)
-    images = {c: normalised(c, arrays[c], lesion_map > 0, notes, subject.image(c)) for c in channels if c != "mask"}
-    objects = ndimage.find_objects(lesion_map)
-    centres = np.array([lesion_centre(lesion_map, objects[i - 1], i, grid) for i in ids], dtype=np.int64)
-    labels = lesion_labels(ids, objects, lesion_map, arrays.get("phenotype"), labels_csv, subject)
-    patches = cut_patches(lesion_map, ids, centres, images, channels, cfg.patch_size)
-    records = lesion_records(subject.id, ids, sizes, centres, labels, grid)
-    return SubjectLesions(subject.id, grid, lesion_map, ids, patches, labels, records, notes)
+    images = {c: normalised(c, arrays[c], components > 0, notes, subject.image(c)) for c in channels if c != "mask"}
+    lesions = lesion_map(components, ids, grid, cfg.finding.split_confluent)
+    objects = ndimage.find_objects(lesions.map)
+    boxes = [objects[i - 1] for i in lesions.map_ids]
+    centres = np.array([lesion_centre(lesions.map, box, i, grid) for box, i in zip(boxes, lesions.map_ids,
+                                                                                   strict=True)], dtype=np.int64)
+    labels = lesion_labels(lesions, boxes, arrays.get("phenotype"), labels_csv, subject,
+                           mixed_is_unclassified=not cfg.finding.split_confluent)
+    patches = cut_patches(lesions.map, lesions.map_ids, centres, images, channels, cfg.patch_size)
+    flags = lesion_flags(boxes, centres, cfg.patch_size, grid.shape)
+    sizes = np.bincount(lesions.map.ravel())[lesions.map_ids] if len(lesions.map_ids) else np.zeros(0, np.int64)
+    records = lesion_records(subject.id, lesions, sizes, centres, labels, flags, grid)
+    return SubjectLesions(subject.id, grid, lesions.map, lesions.map_ids, lesions.lesion_ids, lesions.parts, patches,
+                          labels, records, notes)
+
+
+def lesion_map(components: np.ndarray, ids: np.ndarray, grid: ImageGrid, split: bool) -> LesionMap:
+    """The kept components as they are, or split into their lesions (parts)."""
+    if not split:
+        return LesionMap(components, ids, ids, np.zeros(len(ids), np.int64))
+    parts_map, owners = split_confluent(components, ids, grid.voxel_size_mm)
+    owner = np.array(owners, dtype=np.int64).reshape(-1, 2)
+    return LesionMap(parts_map, np.arange(1, len(owners) + 1, dtype=np.int64), owner[:, 0], owner[:, 1])
+
+
+def lesion_flags(boxes: list[tuple[slice, ...]], centres: np.ndarray, size: int,
+                 shape: tuple[int, ...]) -> list[tuple[str, ...]]:
+    """Per lesion, the FLAGS that apply: its bounding box leaves its patch, or reaches the volume's border."""
+    flags = []
+    for box, centre in zip(boxes, centres, strict=True):
+        start = centre - size // 2  # as crop_patch cuts it
+        outside = any(b.start < lo or b.stop > lo + size for b, lo in zip(box, start, strict=True))
+        edge = any(b.start == 0 or b.stop == n for b, n in zip(box, shape, strict=True))
+        flags.append(tuple(name for name, on in ((LARGER_THAN_PATCH, outside), (TOUCHES_EDGE, edge)) if on))
+    return flags
 
 
 def cut_patches(lesion_map: np.ndarray, ids: np.ndarray, centres: np.ndarray, images: dict[str, np.ndarray],
@@ -181,29 +235,45 @@ def crop_patch(volume: np.ndarray, centre: np.ndarray, size: int) -> np.ndarray:
     return out
 
 
+def check_csv_ids(labels_csv: dict[int, int], components: np.ndarray, subject: Subject) -> None:
+    """A `lesion,label` CSV names components (the ids of the extract CSV): every id must exist."""
+    missing = sorted(set(labels_csv) - set(np.unique(components).tolist()))
+    if missing:
+        raise InputError(f"lesion ids {missing[:5]} are not in the lesion mask {subject.mask.name}", subject.phenotype)
+
+
 def lesion_labels(
-    ids: np.ndarray, objects: list, lesion_map: np.ndarray, phenotype: np.ndarray | None,
-    labels_csv: dict[int, int] | None, subject: Subject,
+    lesions: LesionMap, boxes: list[tuple[slice, ...]], phenotype: np.ndarray | None,
+    labels_csv: dict[int, int] | None, subject: Subject, mixed_is_unclassified: bool = True,
 ) -> np.ndarray:
-    """Table 1 code per lesion: the majority non-zero phenotype code inside it, or the CSV's; 0 = unknown."""
+    """Table 1 code per lesion: the phenotype code inside it, or its component's CSV label; 0 = unknown.
+
+    A lesion holding several non-zero codes is 1 (unclassified) when `mixed_is_unclassified`: the paper's class 1
+    includes lesions "formed by multiple lesions from classes 2 to 6 merging together", so an unsplit confluent
+    union of different types is not given the type of its largest part. A split part takes its majority code
+    (a watershed boundary need not follow the phenotype map's to the voxel)."""
     if labels_csv is not None:
-        present = set(np.unique(lesion_map).tolist())
-        missing = sorted(set(labels_csv) - present)
-        if missing:
-            raise InputError(f"lesion ids {missing[:5]} are not in the lesion mask {subject.mask.name}",
-                             subject.phenotype)
-        return np.array([labels_csv.get(int(i), 0) for i in ids], dtype=np.int64)
+        return np.array([labels_csv.get(int(i), 0) for i in lesions.lesion_ids], dtype=np.int64)
     if phenotype is None:
-        return np.zeros(len(ids), np.int64)
+        return np.zeros(len(lesions.map_ids), np.int64)
     if phenotype.min() < 0 or not np.array_equal(phenotype, np.round(phenotype)):
         raise InputError("a phenotype map must hold non-negative integer codes", subject.phenotype)
-    codes = np.zeros(len(ids), np.int64)
-    for n, lesion in enumerate(ids):
-        box = objects[lesion - 1]
-        values = phenotype[box][lesion_map[box] == lesion].astype(np.int64)
-        counts = np.bincount(values[values > 0]) if (values > 0).any() else np.zeros(1)
-        codes[n] = int(np.argmax(counts)) if counts.any() else 0
+    codes = np.zeros(len(lesions.map_ids), np.int64)
+    for n, (lesion, box) in enumerate(zip(lesions.map_ids, boxes, strict=True)):
+        codes[n] = lesion_code(phenotype[box][lesions.map[box] == lesion], mixed_is_unclassified)
     return codes
+
+
+def lesion_code(values: np.ndarray, mixed_is_unclassified: bool = True) -> int:
+    """The non-zero code among a lesion's phenotype values (0 when none); when they differ, 1 (unclassified) or
+    the most frequent one."""
+    codes = values[values > 0].astype(np.int64)
+    if not len(codes):
+        return 0
+    counts = np.bincount(codes)
+    if mixed_is_unclassified and np.count_nonzero(counts) > 1:
+        return 1
+    return int(np.argmax(counts))
 
 
 def read_lesion_labels(path: Path) -> dict[int, int]:
@@ -223,18 +293,20 @@ def read_lesion_labels(path: Path) -> dict[int, int]:
     return labels
 
 
-def lesion_records(subject: str, ids, sizes, centres, labels, grid: ImageGrid) -> list[dict]:
+def lesion_records(subject: str, lesions: LesionMap, sizes: np.ndarray, centres: np.ndarray, labels: np.ndarray,
+                   flags: list[tuple[str, ...]], grid: ImageGrid) -> list[dict]:
     """Per-lesion rows; voxel centres are indices in the input image's own orientation."""
     rows = []
     homogeneous = np.c_[centres, np.ones(len(centres))] if len(centres) else np.zeros((0, 4))
     world = homogeneous @ grid.affine.T
     original = world @ np.linalg.inv(grid.original_affine).T
-    for n, lesion in enumerate(ids):
+    for n, lesion in enumerate(lesions.lesion_ids):
         i, j, k = (int(round(v)) for v in original[n, :3])
         x, y, z = (round(float(v), 2) for v in world[n, :3])
-        rows.append({"subject": subject, "lesion": int(lesion), "voxels": int(sizes[n]),
+        rows.append({"subject": subject, "lesion": int(lesion), "part": int(lesions.parts[n]), "voxels": int(sizes[n]),
                      "volume_mm3": round(float(sizes[n]) * grid.voxel_volume_mm3, 3), "centre_i": i, "centre_j": j,
-                     "centre_k": k, "x_mm": x, "y_mm": y, "z_mm": z, "label": int(labels[n])})
+                     "centre_k": k, "x_mm": x, "y_mm": y, "z_mm": z, "label": int(labels[n]),
+                     "flags": ";".join(flags[n])})
     return rows
 
 
@@ -303,6 +375,8 @@ def write_extraction(out: Path, results: list[SubjectLesions], cfg: ExtractConfi
         labels=np.concatenate([r.labels for r in results]) if results else np.zeros(0, np.int64),
         patients=np.asarray([r.subject for r in results for _ in range(len(r))], dtype=object),
         lesions=np.concatenate([r.lesion_ids for r in results]) if results else np.zeros(0, np.int64),
+        volume_mm3=np.array([row["volume_mm3"] for r in results for row in r.records], dtype=np.float64),
+        parts=np.concatenate([r.parts for r in results]) if results else np.zeros(0, np.int64),
         channels=channels,
         voxel_size_mm=tuple(round(v, 4) for v in first),  # type: ignore[arg-type]
         source="mslesion extract",

@@ -6,6 +6,9 @@ One file per dataset:
   patient  str [N]   patient id
   lesion   int [N]   lesion id within its patient
   split    str [N]   optional predefined split ("train" / "val" / "test"), e.g. MedMNIST's official one
+  volume_mm3 float [N]  optional (format 2): the lesion's volume; a patch may show only part of a large one
+  part     int [N]   optional (format 2): part of a confluent lesion split by extract (0 = not split); with
+                     it, (patient, lesion, part) names a patch
   file attributes: voxel_size_mm (3 floats), format_version, source (free form), anything else extra.
 """
 
@@ -24,7 +27,7 @@ import numpy as np
 from mslesion.atomic import atomic_path
 from mslesion.errors import InputError
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: optional volume_mm3 and part datasets (files of format 1 read unchanged)
 _IMAGES = itertools.count()
 SPLIT_NAMES = ("train", "val", "test")
 
@@ -42,6 +45,8 @@ class PatchSet:
     source: str = ""
     split: np.ndarray | None = None
     attrs: dict[str, Any] = field(default_factory=dict)
+    volume_mm3: np.ndarray | None = None
+    parts: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -75,6 +80,10 @@ def hdf5_image(patches: PatchSet) -> bytes:
         f.create_dataset("lesion", data=patches.lesions.astype(np.int64))
         if patches.split is not None:
             f.create_dataset("split", data=np.asarray(patches.split, dtype=object), dtype=h5py.string_dtype())
+        if patches.volume_mm3 is not None:
+            f.create_dataset("volume_mm3", data=patches.volume_mm3.astype(np.float64))
+        if patches.parts is not None:
+            f.create_dataset("part", data=patches.parts.astype(np.int64))
         f.attrs["voxel_size_mm"] = np.asarray(patches.voxel_size_mm, dtype=np.float64)
         f.attrs["format_version"] = FORMAT_VERSION
         f.attrs["source"] = patches.source
@@ -94,8 +103,9 @@ def _check_consistent(p: PatchSet, path: str | Path) -> None:
     for name, arr in (("images", p.images), ("patient", p.patients), ("lesion", p.lesions)):
         if len(arr) != n:
             raise InputError(f"{name} has {len(arr)} entries but label has {n}", path)
-    if p.split is not None and len(p.split) != n:
-        raise InputError(f"split has {len(p.split)} entries but label has {n}", path)
+    for name, optional in (("split", p.split), ("volume_mm3", p.volume_mm3), ("part", p.parts)):
+        if optional is not None and len(optional) != n:
+            raise InputError(f"{name} has {len(optional)} entries but label has {n}", path)
 
 
 def check_cubic(shape: tuple[int, ...], path: str | Path) -> None:
@@ -198,6 +208,8 @@ def read_patches(
             source=_text(f.attrs.get("source", "")),
             split=np.asarray([_text(s) for s in f["split"][:]], dtype=object)[rows] if "split" in f else None,
             attrs={k: v for k, v in f.attrs.items() if k not in ("voxel_size_mm", "format_version", "source")},
+            volume_mm3=f["volume_mm3"][:].astype(np.float64)[rows] if "volume_mm3" in f else None,
+            parts=f["part"][:].astype(np.int64)[rows] if "part" in f else None,
         )
     _check_consistent(patches, path)
     if not np.isfinite(patches.images).all():

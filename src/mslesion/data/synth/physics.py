@@ -194,41 +194,6 @@ def random_rotation(rng: np.random.Generator) -> np.ndarray:
     return q * np.sign(np.diag(r))
 
 
-def radial_wobble(directions: np.ndarray, wobble: np.ndarray) -> np.ndarray:
-    """Relative radius 1 + sum_j a_j cos(2 pi f_j (u . v_j) + phi_j) along unit directions u (3, ...).
-
-    `wobble` rows are (v_x, v_y, v_z, f, phi, a): a few smooth angular harmonics make an ellipsoid's
-    surface irregular, the way confluent MS lesions are, while staying a function of direction only, so
-    that the same lesion renders the same on any grid.
-    """
-    radius = np.ones(directions.shape[1:], dtype=np.float32)
-    for vx, vy, vz, freq, phase, amp in wobble:
-        cos_angle = directions[0] * vx + directions[1] * vy + directions[2] * vz
-        radius += np.float32(amp) * np.cos(np.float32(2 * np.pi * freq) * cos_angle + np.float32(phase))
-    return radius
-
-
-def lesion_shape(
-    offsets_mm: np.ndarray, radius_mm: float, axes: np.ndarray, rotation: np.ndarray,
-    wobble: np.ndarray, lobes: np.ndarray,
-) -> np.ndarray:
-    """Approximate signed distance (mm, negative inside) to an irregular lesion surface.
-
-    The lesion is an ellipsoid (semi-axes radius_mm * axes, orientation `rotation`) with a wobbling surface,
-    united with satellite lobes (rows: offset x, y, z in mm, radius in mm) for multi-lobed lesions.
-    """
-    local = np.tensordot(rotation.T.astype(np.float32), offsets_mm, axes=1)
-    local /= (np.float32(radius_mm) * axes.astype(np.float32))[:, None, None, None]
-    rho = np.sqrt((local**2).sum(axis=0))
-    distance = (rho - radial_wobble(local / np.maximum(rho, 1e-6), wobble)) * np.float32(radius_mm)
-    for ox, oy, oz, lobe_radius in lobes:
-        shifted = offsets_mm - np.asarray([ox, oy, oz], dtype=np.float32)[:, None, None, None]
-        rho = np.sqrt((shifted**2).sum(axis=0))
-        lobe = (rho / np.float32(lobe_radius) - radial_wobble(shifted / np.maximum(rho, 1e-6), wobble))
-        distance = np.minimum(distance, lobe * np.float32(lobe_radius))
-    return distance
-
-
 def partial_volume(signed_distance_mm: np.ndarray, voxel_mm: float) -> np.ndarray:
     """Fraction of each voxel inside the surface: a one-voxel linear ramp across it (0.5 on the surface)."""
     return np.clip(0.5 - signed_distance_mm / np.float32(voxel_mm), 0.0, 1.0)
