@@ -323,6 +323,12 @@ class DemoConfig:
     channel_sets: tuple[str, ...] = paper.CHANNEL_SETS
     """The channel combinations trained, Table 3's by default."""
 
+    def __post_init__(self) -> None:
+        _device(self.device)
+        _require(self.seed >= 0, f"--seed must be ≥ 0, got {self.seed}")
+        for channel_set in self.channel_sets:
+            canonical_channels(channel_set)
+
 
 @dataclass(frozen=True)
 class ReportConfig:

@@ -22,6 +22,7 @@ from mslesion.data.task import load_task
 from mslesion.evaluate import evaluate
 from mslesion.paper import MS_CHANNELS, PAPER_BASELINE, PAPER_CLASSES, PAPER_TABLE3
 from mslesion.runs import DEMO_COHORT, METRICS, RESULTS_JSON, RESULTS_MD, is_finished_run, read_json
+from mslesion.runtime import parse_device
 from mslesion.train import train
 
 
@@ -49,6 +50,7 @@ def run_demo(cfg: DemoConfig, console: Console | None = None) -> list[dict]:
     console = console or Console()
     settings = FULL if cfg.full else QUICK
     check_folder_output(cfg.out, overwrite=True)  # a rerun resumes by design: only a file in the way is an error
+    parse_device(cfg.device)  # before minutes of cohort generation
     out = Path(cfg.out) / ("full" if cfg.full else "quick")  # the two settings never reuse each other's cohort or runs
     out.mkdir(parents=True, exist_ok=True)
     cohort = ensure_cohort(out / DEMO_COHORT, settings, cfg.seed, console)

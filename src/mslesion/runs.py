@@ -120,7 +120,8 @@ def load_torch(path: Path) -> dict[str, Any]:
     except pickle.UnpicklingError:  # torch's own message is a page of advice to load unsafely: not ours to give
         raise InputError("holds objects other than tensors and plain data; refused (checkpoints are loaded with "
                          "weights_only=True, never executed)", path) from None
-    except (RuntimeError, zipfile.BadZipFile, EOFError, ValueError, OSError) as exc:
+    except (RuntimeError, zipfile.BadZipFile, EOFError, ValueError, OSError, IndexError, KeyError, TypeError,
+            AttributeError) as exc:  # the legacy (non-zip) unpickler fails on damaged opcodes with any of these
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
         raise InputError(f"corrupt or foreign checkpoint ({first_line[:120]})", path) from None
     if not isinstance(obj, dict) or obj.get("format") != "mslesion":
@@ -188,6 +189,8 @@ def load_trained(run_dir: str | Path) -> TrainedModel:
         model.load_state_dict(obj["state_dict"])
         cfg = from_dict(TrainConfig, obj["config"])
         class_map = ClassMap.parse(obj["classes"])
+    except InputError as exc:  # a setting stored in the file, not one the user gave
+        raise InputError(f"the run configuration stored in it is invalid ({exc.problem})", run_dir / MODEL) from None
     except (KeyError, RuntimeError, TypeError) as exc:
         raise InputError(f"model file does not match this version of mslesion ({exc.__class__.__name__})",
                          run_dir / MODEL) from None
@@ -236,14 +239,17 @@ def read_predictions(path: Path) -> RunPredictions:
         rows = list(csv.DictReader(f))
     if rows and "index" not in rows[0]:
         raise InputError("not the predictions.csv of a run folder (no 'index' column)", path)
-    names = tuple(k[2:] for k in (rows[0].keys() if rows else []) if k.startswith("p_"))
-    return RunPredictions(
-        index=np.asarray([int(r["index"]) for r in rows], dtype=np.int64),
-        probabilities=np.asarray([[float(r[f"p_{n}"]) for n in names] for r in rows], dtype=float),
-        patients=np.asarray([r["patient"] for r in rows], dtype=object),
-        targets=np.asarray([names.index(r["target"]) for r in rows], dtype=np.int64),
-        names=names,
-    )
+    names = tuple(k[2:] for k in (rows[0].keys() if rows else []) if k and k.startswith("p_"))
+    try:
+        return RunPredictions(
+            index=np.asarray([int(r["index"]) for r in rows], dtype=np.int64),
+            probabilities=np.asarray([[float(r[f"p_{n}"]) for n in names] for r in rows], dtype=float),
+            patients=np.asarray([r["patient"] for r in rows], dtype=object),
+            targets=np.asarray([names.index(r["target"]) for r in rows], dtype=np.int64),
+            names=names,
+        )
+    except (KeyError, ValueError, TypeError) as exc:
+        raise InputError(f"malformed predictions table ({exc.__class__.__name__}: {exc})", path) from None
 
 
 # --- ablation folders ---------------------------------------------------------------------------------------------

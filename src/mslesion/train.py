@@ -283,8 +283,10 @@ def train(cfg: TrainConfig, resume: bool = False, show_progress: bool = True, ta
     device = parse_device(cfg.device)
     check_folder_output(out, overwrite or resume, " (or --resume to continue an interrupted run)")
     task = (task or load_task(cfg.data, tuple(cfg.channels), cfg.classes)).check_trainable()
+    resolve_split(task, cfg)  # a split the data cannot give fails before anything is written
     tune_for(device)
     ctx, device = distributed.setup(device)
+    created = not out.exists()
     try:
         with locked_folder(out, RUN_LOCK) if ctx.is_main else nullcontext():  # only rank 0 writes
             staged = overwrite and not resume and has_results(out)
@@ -296,6 +298,10 @@ def train(cfg: TrainConfig, resume: bool = False, show_progress: bool = True, ta
             if staged and ctx.is_main:
                 replace_folder(run_dir, out)
         return out
+    except BaseException:
+        if created and ctx.is_main and not (out / CHECKPOINT).exists():  # nothing to resume: leave nothing behind
+            shutil.rmtree(out, ignore_errors=True)
+        raise
     finally:
         distributed.teardown(ctx)
 

@@ -174,43 +174,11 @@ def read_patches(
     except OSError as exc:
         raise InputError(f"not a readable HDF5 file ({exc.__class__.__name__})", path) from None
     with f:
-        for key in ("images", "label", "patient", "lesion"):
-            if key not in f:
-                raise InputError(f"missing dataset '{key}' (not an mslesion patch file?)", path)
-        images_ds = f["images"]
-        stored = tuple(str(c) for c in images_ds.attrs.get("channels", []))
-        if images_ds.ndim != 5:
-            raise InputError(f"'images' must be [N, C, D, H, W], got shape {images_ds.shape}", path)
-        if len(stored) != images_ds.shape[1]:
-            raise InputError(
-                f"'images' has {images_ds.shape[1]} channels but its 'channels' attribute names {len(stored)}", path
-            )
-        if images_ds.dtype != np.float32:
-            raise InputError(f"'images' must be float32, got {images_ds.dtype}", path)
-        wanted = stored if channels is None else tuple(channels)
-        index = _channel_index(stored, wanted, path)
-        check_cubic(images_ds.shape, path)
-        labels = integer_labels(f["label"][:], path)
-        rows = np.ones(len(labels), bool) if labels_wanted is None else np.asarray(labels_wanted(labels), bool)
-        if len(labels) != images_ds.shape[0]:
-            raise InputError(f"'images' has {images_ds.shape[0]} patches but 'label' has {len(labels)}", path)
-        check_readable(images_ds, int(rows.sum()), path)
-        images = _read_rows(images_ds, rows)
-        if index != list(range(len(stored))):
-            images = images[:, index]
-        patches = PatchSet(
-            images=np.ascontiguousarray(images),
-            labels=labels[rows],
-            patients=np.asarray([_text(p) for p in f["patient"][:]], dtype=object)[rows],
-            lesions=f["lesion"][:].astype(np.int64)[rows],
-            channels=wanted,
-            voxel_size_mm=tuple(float(v) for v in f.attrs.get("voxel_size_mm", (1.0, 1.0, 1.0))),
-            source=_text(f.attrs.get("source", "")),
-            split=np.asarray([_text(s) for s in f["split"][:]], dtype=object)[rows] if "split" in f else None,
-            attrs={k: v for k, v in f.attrs.items() if k not in ("voxel_size_mm", "format_version", "source")},
-            volume_mm3=f["volume_mm3"][:].astype(np.float64)[rows] if "volume_mm3" in f else None,
-            parts=f["part"][:].astype(np.int64)[rows] if "part" in f else None,
-        )
+        try:
+            patches = _read_open_file(f, path, channels, labels_wanted)
+        except (RuntimeError, KeyError, ValueError, TypeError, OSError) as exc:  # h5py on damaged metadata, bad attrs
+            first_line = (str(exc).strip().splitlines() or [exc.__class__.__name__])[0]
+            raise InputError(f"damaged or malformed HDF5 patch file ({first_line[:120]})", path) from None
     _check_consistent(patches, path)
     if not np.isfinite(patches.images).all():
         bad = int((~np.isfinite(patches.images)).any(axis=(1, 2, 3, 4)).sum())
@@ -220,6 +188,55 @@ def read_patches(
         if unknown:
             raise InputError(f"'split' has unknown values {unknown}; allowed: {list(SPLIT_NAMES)}", path)
     return patches
+
+
+def _read_open_file(f: h5py.File, path: Path, channels: tuple[str, ...] | None,
+                    labels_wanted: Callable | None) -> PatchSet:
+    for key in ("images", "label", "patient", "lesion"):
+        if key not in f:
+            raise InputError(f"missing dataset '{key}' (not an mslesion patch file?)", path)
+    images_ds = f["images"]
+    stored = tuple(str(c) for c in images_ds.attrs.get("channels", []))
+    if images_ds.ndim != 5:
+        raise InputError(f"'images' must be [N, C, D, H, W], got shape {images_ds.shape}", path)
+    if len(stored) != images_ds.shape[1]:
+        raise InputError(
+            f"'images' has {images_ds.shape[1]} channels but its 'channels' attribute names {len(stored)}", path
+        )
+    if images_ds.dtype != np.float32:
+        raise InputError(f"'images' must be float32, got {images_ds.dtype}", path)
+    wanted = stored if channels is None else tuple(channels)
+    index = _channel_index(stored, wanted, path)
+    check_cubic(images_ds.shape, path)
+    labels = integer_labels(f["label"][:], path)
+    rows = np.ones(len(labels), bool) if labels_wanted is None else np.asarray(labels_wanted(labels), bool)
+    if len(labels) != images_ds.shape[0]:
+        raise InputError(f"'images' has {images_ds.shape[0]} patches but 'label' has {len(labels)}", path)
+    check_readable(images_ds, int(rows.sum()), path)
+    images = _read_rows(images_ds, rows)
+    if index != list(range(len(stored))):
+        images = images[:, index]
+    patches = PatchSet(
+        images=np.ascontiguousarray(images),
+        labels=labels[rows],
+        patients=np.asarray([_text(p) for p in f["patient"][:]], dtype=object)[rows],
+        lesions=f["lesion"][:].astype(np.int64)[rows],
+        channels=wanted,
+        voxel_size_mm=voxel_size(f.attrs.get("voxel_size_mm", (1.0, 1.0, 1.0)), path),
+        source=_text(f.attrs.get("source", "")),
+        split=np.asarray([_text(s) for s in f["split"][:]], dtype=object)[rows] if "split" in f else None,
+        attrs={k: v for k, v in f.attrs.items() if k not in ("voxel_size_mm", "format_version", "source")},
+        volume_mm3=f["volume_mm3"][:].astype(np.float64)[rows] if "volume_mm3" in f else None,
+        parts=f["part"][:].astype(np.int64)[rows] if "part" in f else None,
+    )
+    return patches
+
+
+def voxel_size(value, path: Path) -> tuple[float, float, float]:
+    sizes = np.atleast_1d(np.asarray(value, dtype=np.float64)) if np.asarray(value).dtype.kind in "fiu" else None
+    if sizes is None or sizes.shape != (3,) or not (np.isfinite(sizes).all() and (sizes > 0).all()):
+        raise InputError(f"the attribute voxel_size_mm must be 3 positive numbers, got {value!r}", path)
+    return (float(sizes[0]), float(sizes[1]), float(sizes[2]))
 
 
 def _read_rows(dataset: h5py.Dataset, rows: np.ndarray) -> np.ndarray:

@@ -68,6 +68,14 @@ def from_paths(
     return [Subject(subject or subject_id_from_path(mask), mask, flair, qsm, phenotype)]
 
 
+def reader_fields(rows: list[dict]) -> list[str]:
+    """The header of a manifest; a row with more cells than the header is an error, not a crash."""
+    for line, row in enumerate(rows, start=2):
+        if None in row:  # csv.DictReader puts the extra cells under the key None
+            raise csv.Error(f"line {line} has more cells than the header")
+    return list(rows[0].keys()) if rows else []
+
+
 def from_manifest(path: Path) -> list[Subject]:
     """Subjects from a CSV with columns subject,flair,qsm,mask,phenotype (relative paths: from the CSV's folder)."""
     if not path.exists():
@@ -75,9 +83,9 @@ def from_manifest(path: Path) -> list[Subject]:
     try:
         with path.open(newline="") as f:
             rows = list(csv.DictReader(f))
-            header = [h.strip().lower() for h in (rows[0].keys() if rows else [])]
+            header = [h.strip().lower() for h in (reader_fields(rows))]
     except (UnicodeDecodeError, csv.Error) as exc:
-        raise InputError(f"not a readable CSV manifest ({exc.__class__.__name__})", path) from None
+        raise InputError(f"not a readable CSV manifest ({exc})", path) from None
     if not rows:
         raise InputError(f"manifest has no subjects (expected columns {','.join(MANIFEST_COLUMNS)})", path)
     unknown = sorted(set(header) - set(MANIFEST_COLUMNS))
