@@ -42,19 +42,6 @@ class Blob(bytes):
         return f"<{len(self)} bytes>"
 
 
-def raised_inside(exc: BaseException, package: str) -> bool:
-    tb = exc.__traceback__
-    while tb is not None and tb.tb_next is not None:
-        tb = tb.tb_next
-    return tb is not None and f"{package}/" in tb.tb_frame.f_code.co_filename  # compiled frames: "h5py/h5g.pyx"
-
-
-def known_gap(exc: Exception) -> bool:
-    """Crashes the fuzzing once found in the source; each is fixed and pinned by a test below (test_gap_*). Kept as a
-    hook: a new crash found by fuzzing is first listed here beside its failing test_gap_ test."""
-    return False
-
-
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("fuzz")
@@ -171,10 +158,6 @@ def test_read_patches_valid_or_input_error(folder, spec, channels):
     except InputError as exc:
         assert str(path) in str(exc)  # the message names the file
         return
-    except Exception as exc:
-        if known_gap(exc):
-            return
-        raise
     assert_valid_patches(patches)
     assert channels is None or patches.channels == channels
 
@@ -193,10 +176,6 @@ def test_read_patches_of_damaged_bytes(folder, flip, cut):
         patches = read_patches(path)
     except InputError:
         return
-    except Exception as exc:
-        if known_gap(exc):
-            return
-        raise
     assert_valid_patches(patches)
 
 
@@ -213,7 +192,7 @@ CELL_WORDS = st.sampled_from(["", "sub-1", "sub-2", "sub-1", "MASK", "missing.ni
 @example(columns=["subject", "mask"], rows=[["sub-1", "m.nii.gz"], ["sub-1", "n.nii.gz"]], junk=None)
 @example(columns=["subject", "mask"], rows=[["sub-1"]], junk=None)
 @example(columns=[], rows=[], junk=b"\x00\xff,\n\x00")
-@example(columns=["subject", "mask"], rows=[["sub-1", "m.nii.gz", "extra"]], junk=None)  # a known gap
+@example(columns=["subject", "mask"], rows=[["sub-1", "m.nii.gz", "extra"]], junk=None)  # once a crash
 def test_manifest_valid_or_input_error(folder, columns, rows, junk):
     path = fresh(folder, ".csv")
     if junk is not None:
@@ -225,10 +204,6 @@ def test_manifest_valid_or_input_error(folder, columns, rows, junk):
     except InputError as exc:
         assert str(path) in str(exc)
         return
-    except Exception as exc:
-        if known_gap(exc):
-            return
-        raise
     ids = [s.id for s in subjects]
     assert subjects and all(ids) and len(set(ids)) == len(ids), "each subject once, with an id"
     assert all(s.mask is not None for s in subjects)
@@ -312,10 +287,6 @@ def test_load_torch_valid_or_input_error(folder, checkpoint_bytes, flip, cut):
     except InputError as exc:
         assert str(path) in str(exc)
         return
-    except Exception as exc:
-        if known_gap(exc):
-            return
-        raise
     assert isinstance(obj, dict) and obj["format"] == "mslesion"
 
 
@@ -329,10 +300,6 @@ def test_load_trained_valid_or_input_error(folder, checkpoint_bytes, flip, cut):
         trained = load_trained(run)
     except InputError:  # naming the file is not always true yet: test_gap_invalid_config_inside_model
         return
-    except Exception as exc:
-        if known_gap(exc):
-            return
-        raise
     assert isinstance(trained, TrainedModel) and trained.channels == ("qsm",)
     assert not trained.model.training
 
