@@ -16,9 +16,10 @@ from mslesion.config import TrainConfig
 from mslesion.data.patches import PatchSet, read_patches, write_patches
 from mslesion.data.task import ClassMap
 from mslesion.model import LesionNet
-from mslesion.paper import PAPER_CLASSES
+from mslesion.paper import CALL_LEGEND, PAPER_CLASSES
 from mslesion.runs import MODEL, model_metadata, save_torch
 
+VALUE_OF_CALL = {name: value for value, name in CALL_LEGEND.items()}
 # The smallest patch the paper's three conv/pool blocks accept; keeps these tests fast.
 PATCH = 23
 
@@ -65,11 +66,12 @@ def test_predict_one_subject_writes_csv_maps_and_summary(tmp_path, monkeypatch, 
     np.testing.assert_array_equal(labels > 0, np.asarray(mask_img.dataobj) > 0)
     for row in rows:
         voxel = tuple(int(row[k]) for k in ("centre_i", "centre_j", "centre_k"))
-        assert labels[voxel] == 1 + ("remyelinating", "demyelinating").index(row["predicted"])
+        assert labels[voxel] == VALUE_OF_CALL[row["call"]]
+        assert row["call"] == row["predicted"] or row["call"] == "out_of_distribution" and row["flags"]
         assert prob_img.dataobj[(*voxel, 1)] == pytest.approx(float(row["p_demyelinating"]), abs=1e-4)
     summary = json.loads((out / "sub-1" / "summary.json").read_text())
     assert summary["lesions"] == 3 and summary["n_remyelinating"] + summary["n_demyelinating"] == 3
-    assert summary["label_map_values"]["3"] == "uncertain"
+    assert summary["label_map_values"]["9"] == "uncertain" and summary["label_map_values"]["8"] == "demyelinating"
     assert len(read_rows(out / "summary.csv")) == 1 and len(read_rows(out / "lesion_predictions.csv")) == 3
     assert json.loads((out / "predict_config.json").read_text())["patch_size"] == PATCH
 
@@ -93,11 +95,12 @@ def test_split_confluent_parts_get_their_own_rows_and_map_values_and_flags_are_c
     assert all(r["flags"] == "" for r in rows if r["label"] != "6")
     summary = read_rows(out / "summary.csv")[0]
     assert summary["n_touches_edge"] == "1" and summary["n_larger_than_patch"] == "0"
-    # Each part's voxels in the label map carry that part's own prediction.
+    # Each part's voxels in the label map carry that part's own call; the flagged lesion is out of distribution.
     labels = np.asarray(nib.load(out / "sub-1" / "sub-1_pred-label_dseg.nii.gz").dataobj)
     for row in rows:
         voxel = tuple(int(row[k]) for k in ("centre_i", "centre_j", "centre_k"))
-        assert labels[voxel] == 1 + ("remyelinating", "demyelinating").index(row["predicted"])
+        assert labels[voxel] == VALUE_OF_CALL[row["call"]]
+        assert (row["call"] == "out_of_distribution") == (row["label"] == "6")
 
 
 def test_abstain_and_the_runs_temperature(tmp_path, monkeypatch, capsys):
@@ -109,7 +112,7 @@ def test_abstain_and_the_runs_temperature(tmp_path, monkeypatch, capsys):
     assert code == 0, text
     rows = read_rows(out / "sub-1" / "lesions.csv")
     assert [r["predicted"] for r in rows] == ["uncertain"] * 3  # p = 0.5 < 0.6
-    assert np.unique(np.asarray(nib.load(out / "sub-1" / "sub-1_pred-label_dseg.nii.gz").dataobj)).tolist() == [0, 3]
+    assert np.unique(np.asarray(nib.load(out / "sub-1" / "sub-1_pred-label_dseg.nii.gz").dataobj)).tolist() == [0, 9]
     assert read_rows(out / "summary.csv")[0]["n_uncertain"] == "3"
     # The run's temperature divides the logits: a huge one flattens every prediction towards 0.5.
     hot = make_run(tmp_path / "hot", channels=("flair", "mask"), seed=1, temperature=1e4)

@@ -27,6 +27,8 @@ INPUT_NORMS = ("zscore", "zerocenter")
 PRECISIONS = ("auto", "bf16", "fp32")
 SELECTIONS = ("last", "val_auc", "val_accuracy", "val_loss")
 ABLATION_SCHEMES = ("cv", "paper")
+TASKS = ("binary", "phenotype")
+CLASS_WEIGHTS = ("auto", "none", "sqrt", "balanced")
 _NAME_PATTERN = re.compile(r"^[A-Za-z0-9_.+-]+$")
 
 
@@ -145,6 +147,14 @@ class TrainConfig:
     """Input channels, in order (names stored in the file)."""
     classes: str = paper.PAPER_CLASSES
     """Class map 'name=code,code;name=code'. Codes outside it are not trained on."""
+    task: str = "binary"
+    """binary: the paper's remyelinating (2, 6) vs demyelinating (3, 5); phenotype: all six Table 1 codes as
+    classes, unclassified (1) and hypointense rim (4) included (the paper's future work). With phenotype,
+    --classes is set for you and --oversample defaults to none (class weights balance instead)."""
+    class_weights: str = "auto"
+    """Loss weight per class from its training count n_k: none; sqrt (∝ 1/√n_k); balanced (∝ 1/n_k); auto = none
+    for binary (the paper oversamples instead), sqrt otherwise (class 4 is 0.4% of lesions: 1/n_k would weigh
+    one of its lesions as much as ~180 unclassified ones and train on noise)."""
     split: str = "paper"
     """paper (per-class 70/30 over lesions), patient (grouped by patient) or predefined (the file's split)."""
     train_fraction: float = paper.TRAIN_FRACTION
@@ -193,6 +203,15 @@ class TrainConfig:
     """CPU threads for torch (0 = torch's default)."""
 
     def __post_init__(self) -> None:
+        _choice("--task", self.task, TASKS)
+        _choice("--class-weights", self.class_weights, CLASS_WEIGHTS)
+        if self.task == "phenotype":
+            _require(self.classes in (paper.PAPER_CLASSES, paper.PHENOTYPE_CLASSES),
+                     "--task phenotype trains the six Table 1 codes: leave out --classes (or use --task binary "
+                     "with your --classes)")
+            object.__setattr__(self, "classes", paper.PHENOTYPE_CLASSES)  # frozen: resolved once, saved resolved
+            if self.oversample == paper.OVERSAMPLE:
+                object.__setattr__(self, "oversample", (1,))
         _choice("--split", self.split, SPLITS)
         _choice("--augment", self.augment, AUGMENT_MODES)
         _choice("--input-norm", self.input_norm, INPUT_NORMS)
@@ -475,12 +494,19 @@ class PredictConfig:
     differ in the third decimal between them)."""
     threads: int = 0
     """CPU threads for torch (0 = torch's default)."""
+    keep_ood: bool = False
+    """Give flagged lesions their class call anyway (default: a lesion with any flag is called
+    out_of_distribution; its probabilities and flags stay in the table)."""
+    prl_count: int = paper.PRL_SEVERITY_COUNT
+    """Subjects with at least this many PRL calls are flagged in the summary (4: associated in the literature
+    with more severe disease)."""
     finding: LesionFinding = field(default_factory=LesionFinding)
     """How lesions are found: as in extract."""
 
     def __post_init__(self) -> None:
         _abstain(self.abstain)
         _require(self.batch_size >= 1, "--batch-size must be at least 1")
+        _require(self.prl_count >= 1, f"--prl-count must be at least 1, got {self.prl_count}")
         _choice("--precision", self.precision, PRECISIONS)
         _device(self.device)
         _threads(self.threads)

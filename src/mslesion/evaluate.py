@@ -12,7 +12,7 @@ from mslesion.config import EvaluateConfig
 from mslesion.data.task import Task, load_task
 from mslesion.errors import InputError
 from mslesion.inference import predict_probabilities
-from mslesion.metrics import abstention_metrics, classification_metrics
+from mslesion.metrics import abstention_metrics, classification_metrics, phenotype_metrics
 from mslesion.runs import METRICS, PREDICTIONS, RUN_LOCK, SPLIT, load_trained, read_json, write_predictions
 from mslesion.runtime import parse_device
 
@@ -46,12 +46,29 @@ def evaluate(cfg: EvaluateConfig) -> dict:
         "channels": list(trained.channels),
         **classification_metrics(task.targets[indices], probabilities, trained.class_map.names),
     }
+    if trained.class_map.is_phenotype:
+        metrics["phenotype"] = phenotype_report(task, indices, probabilities)
     if cfg.abstain:
         metrics["abstention"] = abstention_metrics(task.targets[indices], probabilities, cfg.abstain)
     with locked_folder(run_dir, RUN_LOCK):  # not while a training writes this folder
         write_json(run_dir / METRICS, metrics)
         write_predictions(run_dir / PREDICTIONS, task, indices, probabilities)
     return metrics
+
+
+def phenotype_report(task: Task, indices: np.ndarray, probabilities: np.ndarray, seed: int = 0) -> dict:
+    """metrics.phenotype_metrics on a phenotype task's test lesions (class 1 is the unclassifiable gate)."""
+    class_map = task.class_map
+    volumes = task.volumes[indices] if task.volumes is not None else None
+    return phenotype_metrics(task.targets[indices], probabilities, class_map.names, task.patients[indices],
+                             gate_class=class_map.class_of(1)[0], remyelinating=class_map.class_of(2, 6),
+                             demyelinating=class_map.class_of(3, 5), volumes=volumes, seed=seed)
+
+
+def interval(value: dict | str) -> str:
+    if isinstance(value, str):
+        return value
+    return f"{value['estimate']:.3f} [{value['low']:.3f}, {value['high']:.3f}]"
 
 
 def metrics_table(metrics: dict, title: str = "Test metrics"):
@@ -70,6 +87,13 @@ def metrics_table(metrics: dict, title: str = "Test metrics"):
     table.add_row("ROC AUC", f"{metrics['roc_auc']:.3f}")
     table.add_row("majority baseline", f"{metrics['majority_baseline_accuracy']:.2%}")
     table.add_row("confusion matrix", str(metrics["confusion_matrix"]))
+    if "phenotype" in metrics:
+        p = metrics["phenotype"]
+        for name, value in p["true_positive_rate"].items():
+            table.add_row(f"TPR {name} [95% CI]", interval(value))
+        for key in ("gate_roc_auc", "gate_pr_auc", "gate_roc_auc_volume_matched", "derived_binary_roc_auc"):
+            if key in p:
+                table.add_row(key.replace("_", " "), interval(p[key]))
     if "abstention" in metrics:
         a = metrics["abstention"]
         table.add_row(f"abstain < {a['threshold']:.2f}", f"coverage {a['coverage']:.2%}, "

@@ -234,3 +234,119 @@ def paired_comparison(sets_a: Sequence[Predictions], sets_b: Sequence[Prediction
                                vectorized=False, rng=np.random.default_rng(seed)).confidence_interval
     return {"metric": metric, "difference": float(test.statistic), "low": float(interval.low),
             "high": float(interval.high), "p_value": float(test.pvalue)}
+
+
+# --- the phenotype task: every Table 1 code a class ------------------------------------------------------------
+
+
+def patient_resamples(patients: np.ndarray, n_resamples: int, seed: int):
+    """Lesion indices of `n_resamples` bootstrap samples that draw patients with replacement."""
+    names, codes = np.unique(np.asarray(patients, dtype=str), return_inverse=True)
+    by_patient = [np.flatnonzero(codes == p) for p in range(len(names))]
+    rng = np.random.default_rng(seed)
+    for _ in range(n_resamples):
+        yield np.concatenate([by_patient[p] for p in rng.integers(0, len(names), len(names))])
+
+
+def bootstrap_interval(patients: np.ndarray, statistic: Callable[[np.ndarray], np.ndarray], n_resamples: int = 1000,
+                       seed: int = 0, confidence: float = 0.95) -> tuple[np.ndarray, np.ndarray]:
+    """Percentile CI of a vector statistic of lesion indices over patient resamples; NaN resamples (a class
+    absent from the sample) are left out of each component's percentiles."""
+    values = np.asarray([statistic(idx) for idx in patient_resamples(patients, n_resamples, seed)], dtype=float)
+    tail = 100 * (1 - confidence) / 2
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a component NaN in every resample
+        return np.nanpercentile(values, tail, axis=0), np.nanpercentile(values, 100 - tail, axis=0)
+
+
+def volume_matched(positive: np.ndarray, volumes: np.ndarray, seed: int = 0) -> np.ndarray:
+    """Indices of a subset in which every negative has one positive of the nearest log volume (drawn without
+    replacement, negatives in a seeded random order), so that size alone cannot separate the two groups."""
+    pos, neg = np.flatnonzero(positive), np.flatnonzero(~positive)
+    rng = np.random.default_rng(seed)
+    free = np.ones(len(pos), bool)
+    log_pos = np.log(np.maximum(volumes[pos], 1e-3))
+    chosen = []
+    for n in rng.permutation(neg):
+        if not free.any():
+            break
+        distance = np.where(free, np.abs(log_pos - np.log(max(volumes[n], 1e-3))), np.inf)
+        best = int(np.argmin(distance))
+        free[best] = False
+        chosen.extend((n, pos[best]))
+    return np.sort(np.asarray(chosen, dtype=np.int64))
+
+
+def _auc(y: np.ndarray, score: np.ndarray) -> float:
+    return float(roc_auc_score(y, score)) if 0 < y.sum() < len(y) else float("nan")
+
+
+def _ap(y: np.ndarray, score: np.ndarray) -> float:
+    return float(average_precision_score(y, score)) if 0 < y.sum() < len(y) else float("nan")
+
+
+def _with_interval(estimate: float, low: float, high: float) -> dict[str, float]:
+    return {"estimate": estimate, "low": float(low), "high": float(high)}
+
+
+def phenotype_metrics(targets: np.ndarray, probabilities: np.ndarray, class_names: tuple[str, ...],
+                      patients: np.ndarray, gate_class: int, remyelinating: list[int], demyelinating: list[int],
+                      volumes: np.ndarray | None = None, n_resamples: int = 1000, seed: int = 0) -> dict:
+    """The phenotype task's honest report (patient-bootstrap 95% CIs throughout):
+
+    - per-class true-positive rate; a class absent from the test set is reported as "absent", not 0 or 1;
+    - the unclassifiable gate: class `gate_class` vs the rest by its probability, ROC AUC and PR AUC, also on
+      gate lesions volume-matched to the others (when volumes are known);
+    - the derived binary task on the lesions of the remyelinating/demyelinating classes: demyelinating scored by
+      p_dem / (p_rem + p_dem), as the dedicated binary model would be.
+    """
+    targets, patients = np.asarray(targets), np.asarray(patients)
+    counts = np.bincount(targets, minlength=len(class_names))
+    predicted = probabilities.argmax(1)
+
+    def tpr(idx: np.ndarray) -> np.ndarray:
+        n = np.bincount(targets[idx], minlength=len(class_names)).astype(float)
+        hits = np.bincount(targets[idx][predicted[idx] == targets[idx]], minlength=len(class_names))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(n > 0, hits / n, np.nan)
+
+    low, high = bootstrap_interval(patients, tpr, n_resamples, seed)
+    point = tpr(np.arange(len(targets)))
+    per_class = {name: "absent" if counts[c] == 0 else _with_interval(float(point[c]), low[c], high[c])
+                 for c, name in enumerate(class_names)}
+
+    gate_y, gate_score = targets == gate_class, probabilities[:, gate_class]
+    derived = np.isin(targets, remyelinating + demyelinating)
+    p_dem = probabilities[:, demyelinating].sum(1)
+    binary_score = p_dem / np.maximum(p_dem + probabilities[:, remyelinating].sum(1), 1e-12)
+    binary_y = np.isin(targets, demyelinating)
+    matched = volume_matched(gate_y, volumes, seed) if volumes is not None else None
+
+    def summary(idx: np.ndarray) -> np.ndarray:
+        d = idx[derived[idx]]
+        values = [_auc(gate_y[idx], gate_score[idx]), _ap(gate_y[idx], gate_score[idx]),
+                  _auc(binary_y[d], binary_score[d]),
+                  float(((binary_score[d] >= 0.5) == binary_y[d]).mean()) if len(d) else np.nan]
+        if matched is not None:
+            m = np.intersect1d(idx, matched)  # resampled patients' lesions that are in the matched set
+            values += [_auc(gate_y[m], gate_score[m]), _ap(gate_y[m], gate_score[m])]
+        return np.asarray(values)
+
+    everyone = np.arange(len(targets))
+    point_summary = summary(everyone)
+    low, high = bootstrap_interval(patients, summary, n_resamples, seed)
+    named = ["gate_roc_auc", "gate_pr_auc", "derived_binary_roc_auc", "derived_binary_accuracy",
+             "gate_roc_auc_volume_matched", "gate_pr_auc_volume_matched"]
+    result = {
+        "confusion_matrix": confusion_matrix(targets, predicted, labels=list(range(len(class_names)))).tolist(),
+        "class_names": list(class_names),
+        "true_positive_rate": per_class,
+        "macro_roc_auc": roc_auc(targets, probabilities),
+        "gate_class": class_names[gate_class],
+        "gate_prevalence": float(gate_y.mean()) if len(targets) else float("nan"),
+        "n_derived_binary": int(derived.sum()),
+        "n_volume_matched": int(len(matched)) if matched is not None else 0,
+    }
+    for n, name in enumerate(named[: len(point_summary)]):
+        result[name] = _with_interval(float(point_summary[n]), low[n], high[n])
+    return result

@@ -66,13 +66,18 @@ class LesionNet(nn.Module):
         self.classifier = nn.Linear(previous * feature_size(patch_size, len(widths)) ** 3, n_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.embed(x))
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """The penultimate features [N, F] (the flattened last block) that the classifier reads: the space in
+        which out-of-distribution lesions are measured (mslesion.ood)."""
         if self.is_channels_last():  # centre and change layout in one pass
             centred = torch.empty_like(x, dtype=torch.result_type(x, self.mean_image),
                                        memory_format=torch.channels_last_3d)
             x = torch.sub(x, self.mean_image, out=centred).mul_(self.input_scale)
         else:
             x = (x - self.mean_image) * self.input_scale
-        return self.classifier(torch.flatten(self.features(x), 1))
+        return torch.flatten(self.features(x), 1)
 
     def channels_last(self, enabled: bool = True) -> LesionNet:
         """Conv weights and activations in channels-last 3D layout (oneDNN's fast path on CPU; cuDNN's on

@@ -18,6 +18,21 @@ PAPER_PATIENTS = 115
 # Remyelinating = isointense + hypointense; demyelinating = PRL + hyperintense. Classes 1 and 4 are not trained on.
 PAPER_CLASSES = "remyelinating=2,6;demyelinating=3,5"
 TRAINED_CODES = (2, 3, 5, 6)
+# The phenotype task (the paper's future work): every Table 1 code its own class. Class names are entity-safe
+# (alphanumeric and "_") because they name table columns and files.
+PHENOTYPE_CLASSES = "unclassified=1;isointense=2;PRL=3;hypointense_rim=4;hyperintense=5;hypointense=6"
+REMYELINATING_CODES = (2, 6)
+DEMYELINATING_CODES = (3, 5)
+PRL_CODE = 3
+# Whole-subject calls share one label-map legend whatever the model: 0 background, 1-6 the Table 1 codes, then
+# the binary calls and the two refusals. A custom class map's classes follow from CUSTOM_CALLS_START.
+CALL_LEGEND = {
+    0: "background", 1: "unclassified", 2: "isointense", 3: "PRL", 4: "hypointense_rim", 5: "hyperintense",
+    6: "hypointense", 7: "remyelinating", 8: "demyelinating", 9: "uncertain", 10: "out_of_distribution",
+}
+CUSTOM_CALLS_START = 11
+# Four or more paramagnetic rim lesions: a count associated with more severe disease (Absinta et al. 2019).
+PRL_SEVERITY_COUNT = 4
 
 # The input: three channels of 35³ patches of 0.65 mm voxels.
 MS_CHANNELS = ("flair", "qsm", "mask")

@@ -6,12 +6,18 @@ error on the tenth subject leaves no half-written output.
 
 Output folder (its contract: `mslesion.runs`):
   lesion_predictions.csv               every lesion of every subject
-  summary.csv                          per subject: lesion count and volume per predicted class, flag counts
+  summary.csv                          per subject: lesion count and volume per call, flag counts, PRLs
   predict_config.json                  the resolved PredictConfig, the run's classes and channels
   <subject>/lesions.csv                that subject's lesions
-  <subject>/<subject>_pred-label_dseg.nii.gz   lesion voxels = predicted class (1, 2, ...; K+1 = uncertain)
+  <subject>/<subject>_pred-label_dseg.nii.gz   lesion voxels = their call, in paper.CALL_LEGEND's fixed values
   <subject>/<subject>_pred-prob.nii.gz         one volume per class: each lesion's class probability
   <subject>/summary.json               counts, volumes, the label map's legend, timings
+
+Per lesion: the class probabilities; the derived p_unclassified / p_remyelinating / p_demyelinating
+(ClassMap.derived_probabilities); `flags` (extract's geometry flags and the model's out-of-distribution flags,
+mslesion.ood); `predicted`, the model's class (or uncertain below --abstain); and `call`, the final word:
+out_of_distribution when any flag is raised (unless --keep-ood), else uncertain, else the class as a call name
+(a Table 1 type, unclassified, remyelinating or demyelinating).
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +36,7 @@ from mslesion.data.extract import FLAGS, extract_subject
 from mslesion.data.nifti import to_original_orientation
 from mslesion.data.subjects import Subject
 from mslesion.errors import InputError
+from mslesion.paper import PRL_CODE
 from mslesion.progress import progress_bar
 from mslesion.runs import (
     LESION_PREDICTIONS,
@@ -46,7 +54,9 @@ from mslesion.runs import (
 )
 from mslesion.runtime import parse_device, set_threads
 
-UNCERTAIN = "uncertain"
+UNCERTAIN, OUT_OF_DISTRIBUTION = "uncertain", "out_of_distribution"
+BINARY_NOTE = ("a binary model (remyelinating/demyelinating) cannot recognise unclassifiable lesions: it calls "
+               "every lesion one of its two classes")
 
 
 def classify(trained: TrainedModel, images: np.ndarray, cfg: PredictConfig) -> tuple[np.ndarray, np.ndarray | None]:
@@ -64,82 +74,149 @@ def decisions(probabilities: np.ndarray, names: tuple[str, ...], abstain: float)
     return index, [UNCERTAIN if i < 0 else names[i] for i in index]
 
 
-def prediction_rows(base: list[dict], probabilities: np.ndarray, spread: np.ndarray | None,
-                    names: tuple[str, ...], predicted: list[str]) -> list[dict]:
+def flag_names(trained: TrainedModel) -> tuple[str, ...]:
+    """Every flag a lesion can carry with this model, in a fixed order (the summary's columns)."""
+    from mslesion.ood import BINARY_CHANNELS, FEATURE_FLAG, VOLUME_FLAG, intensity_flag
+
+    if trained.ood is None:
+        return FLAGS
+    channels = [intensity_flag(c) for c in trained.channels if c not in BINARY_CHANNELS]
+    return (*FLAGS, VOLUME_FLAG, *channels, FEATURE_FLAG)
+
+
+@dataclass
+class Judged:
+    """A model's verdict on a set of lesions: probabilities, spread (TTA), flags, feature scores and calls."""
+
+    probabilities: np.ndarray
+    spread: np.ndarray | None
+    index: np.ndarray  # predicted class, -1 = uncertain
+    predicted: list[str]
+    flags: list[list[str]]
+    scores: np.ndarray | None  # feature (Mahalanobis) score; None without stored statistics
+    calls: list[str]
+
+
+def judge(trained: TrainedModel, images: np.ndarray, volumes: np.ndarray | None, geometry_flags: list[list[str]],
+          cfg: PredictConfig) -> Judged:
+    """Classify, flag and call every lesion."""
+    from mslesion.ood import ood_flags
+
+    probabilities, spread = classify(trained, images, cfg)
+    index, predicted = decisions(probabilities, trained.class_map.names, cfg.abstain)
+    flags, scores = [list(f) for f in geometry_flags], None
+    if trained.ood is not None:
+        model_flags, scores = ood_flags(trained.ood, trained.model, images, volumes, trained.channels,
+                                        parse_device(cfg.device))
+        flags = [a + b for a, b in zip(flags, model_flags, strict=True)]
+    call_names = trained.class_map.call_names()
+    calls = [OUT_OF_DISTRIBUTION if f and not cfg.keep_ood else UNCERTAIN if i < 0 else call_names[i]
+             for i, f in zip(index, flags, strict=True)]
+    return Judged(probabilities, spread, index, predicted, flags, scores, calls)
+
+
+def prediction_rows(base: list[dict], judged: Judged, trained: TrainedModel) -> list[dict]:
+    names = trained.class_map.names
+    derived = {k: v for k, v in trained.class_map.derived_probabilities(judged.probabilities).items()
+               if k[2:] not in names}
     rows = []
     for n, record in enumerate(base):
         row = dict(record)
         for k, name in enumerate(names):
-            row[f"p_{name}"] = round(float(probabilities[n, k]), 5)
-            if spread is not None:
-                row[f"spread_{name}"] = round(float(spread[n, k]), 5)
-        row["predicted"] = predicted[n]
+            row[f"p_{name}"] = round(float(judged.probabilities[n, k]), 5)
+            if judged.spread is not None:
+                row[f"spread_{name}"] = round(float(judged.spread[n, k]), 5)
+        row.update({key: round(float(value[n]), 5) for key, value in derived.items()})
+        if judged.scores is not None:
+            row["ood_score"] = round(float(judged.scores[n]), 3)
+        row["flags"] = ";".join(judged.flags[n])
+        row["predicted"], row["call"] = judged.predicted[n], judged.calls[n]
         rows.append(row)
     return rows
 
 
-def columns(base: tuple[str, ...], names: tuple[str, ...], tta: bool) -> tuple[str, ...]:
+def columns(base: tuple[str, ...], trained: TrainedModel, tta: bool) -> tuple[str, ...]:
+    names = trained.class_map.names
     probability = tuple(f"p_{n}" for n in names)
     spread = tuple(f"spread_{n}" for n in names) if tta else ()
-    return (*base, *probability, *spread, "predicted")
+    derived = tuple(k for k in trained.class_map.derived_probabilities(np.zeros((0, len(names)))) if k[2:] not in names)
+    score = ("ood_score",) if trained.ood is not None else ()
+    base = tuple(c for c in base if c != "flags")
+    return (*base, *probability, *spread, *derived, *score, "flags", "predicted", "call")
 
 
-def subject_summary(subject: str, rows: list[dict], names: tuple[str, ...], with_volume: bool) -> dict:
-    """Lesions per predicted class (and their volume); with volumes (NIfTI input), lesions per flag."""
+def subject_summary(subject: str, rows: list[dict], trained: TrainedModel, cfg: PredictConfig,
+                    with_volume: bool) -> dict:
+    """Lesions per call (and their volume), lesions per flag, PRL calls and whether they reach --prl-count."""
     summary: dict = {"subject": subject, "lesions": len(rows)}
-    for name in (*names, UNCERTAIN):
-        chosen = [r for r in rows if r["predicted"] == name]
+    for name in list(trained.class_map.legend().values())[1:]:
+        chosen = [r for r in rows if r["call"] == name]
         summary[f"n_{name}"] = len(chosen)
         if with_volume:
             summary[f"volume_{name}_mm3"] = round(sum(r["volume_mm3"] for r in chosen), 3)
-    if with_volume:
-        for flag in FLAGS:
-            summary[f"n_{flag}"] = sum(flag in r["flags"].split(";") for r in rows)
+    for flag in flag_names(trained):
+        summary[f"n_{flag}"] = sum(flag in r["flags"].split(";") for r in rows)
+    knows_prl = bool(trained.class_map.class_of(PRL_CODE)) and len(trained.class_map.class_of(PRL_CODE)) == 1 and \
+        trained.class_map.codes[trained.class_map.class_of(PRL_CODE)[0]] == (PRL_CODE,)
+    summary["n_prl_like"] = summary.get("n_PRL", 0) if knows_prl else ""
+    summary[f"prl_{cfg.prl_count}_or_more"] = (summary["n_prl_like"] >= cfg.prl_count) if knows_prl else ""
     return summary
 
 
-def write_maps(folder: Path, lesions, index: np.ndarray, probabilities: np.ndarray, n_classes: int) -> None:
-    """Label map (class index + 1; K + 1 = uncertain) and per-class probability map on the input grid."""
+def write_maps(folder: Path, lesions, judged: Judged, trained: TrainedModel) -> None:
+    """Label map (each lesion's call, in the fixed legend) and per-class probability map on the input grid."""
     import nibabel as nib
 
+    value_of = {name: value for value, name in trained.class_map.legend().items()}
     size = int(lesions.lesion_map.max()) + 1
     label_lut = np.zeros(size, np.uint8)
-    label_lut[lesions.map_ids] = np.where(index < 0, n_classes + 1, index + 1)
-    prob_lut = np.zeros((size, n_classes), np.float32)
-    prob_lut[lesions.map_ids] = probabilities
+    label_lut[lesions.map_ids] = [value_of[c] for c in judged.calls]
+    prob_lut = np.zeros((size, judged.probabilities.shape[1]), np.float32)
+    prob_lut[lesions.map_ids] = judged.probabilities
     label_img = to_original_orientation(label_lut[lesions.lesion_map], lesions.grid)
     prob_img = to_original_orientation(prob_lut[lesions.lesion_map], lesions.grid)
     nib.save(label_img, folder / label_map_name(lesions.subject))
     nib.save(prob_img, folder / probability_map_name(lesions.subject))
 
 
+def model_notes(trained: TrainedModel) -> list[str]:
+    notes = [BINARY_NOTE] if not trained.class_map.is_phenotype and 1 not in {c for g in trained.class_map.codes
+                                                                              for c in g} else []
+    if trained.ood is None:
+        notes.append("the model stores no training statistics (trained before version 0.4): only the geometry "
+                     "flags are raised")
+    return notes
+
+
 def predict_subject(trained: TrainedModel, subject: Subject, cfg: PredictConfig, folder: Path) -> tuple[list, dict]:
-    names = trained.class_map.names
     started = time.perf_counter()
     lesions = extract_subject(subject, cfg.extract_config(trained.model.patch_size, trained.channels),
                               trained.channels)
     extracted = time.perf_counter()
-    probabilities, spread = classify(trained, lesions.patches, cfg)
-    index, predicted = decisions(probabilities, names, cfg.abstain)
+    volumes = np.asarray([r["volume_mm3"] for r in lesions.records], dtype=np.float64)
+    geometry = [[f for f in r["flags"].split(";") if f] for r in lesions.records]
+    judged = judge(trained, lesions.patches, volumes, geometry, cfg)
     inferred = time.perf_counter()
-    rows = prediction_rows(lesions.records, probabilities, spread, names, predicted)
+    rows = prediction_rows(lesions.records, judged, trained)
     folder.mkdir(parents=True)
-    folder.joinpath(SUBJECT_LESIONS).write_text(csv_text(rows, subject_columns(names, cfg.tta)))
-    write_maps(folder, lesions, index, probabilities, len(names))
-    summary = subject_summary(subject.id, rows, names, with_volume=True)
-    legend = {"0": "background", **{str(k + 1): n for k, n in enumerate(names)}, str(len(names) + 1): UNCERTAIN}
-    detail = {**summary, "label_map_values": legend, "probability_map_volumes": list(names), "notes": lesions.notes,
-              "seconds_extract": round(extracted - started, 3), "seconds_classify": round(inferred - extracted, 3)}
+    folder.joinpath(SUBJECT_LESIONS).write_text(csv_text(rows, subject_columns(trained, cfg.tta)))
+    write_maps(folder, lesions, judged, trained)
+    summary = subject_summary(subject.id, rows, trained, cfg, with_volume=True)
+    notes = lesions.notes + model_notes(trained)
+    legend = {str(k): n for k, n in trained.class_map.legend().items()}
+    detail = {**summary, "label_map_values": legend, "probability_map_volumes": list(trained.class_map.names),
+              "notes": notes, "seconds_extract": round(extracted - started, 3),
+              "seconds_classify": round(inferred - extracted, 3)}
     folder.joinpath(SUBJECT_SUMMARY).write_text(json.dumps(detail, indent=2) + "\n")
-    return rows, {**summary, "notes": lesions.notes, "seconds": round(inferred - started, 3)}
+    return rows, {**summary, "notes": notes, "seconds": round(inferred - started, 3)}
 
 
 SUBJECT_BASE = ("subject", "lesion", "part", "x_mm", "y_mm", "z_mm", "centre_i", "centre_j", "centre_k", "voxels",
                 "volume_mm3", "label", "flags")
 
 
-def subject_columns(names: tuple[str, ...], tta: bool) -> tuple[str, ...]:
-    return columns(SUBJECT_BASE, names, tta)
+def subject_columns(trained: TrainedModel, tta: bool) -> tuple[str, ...]:
+    return columns(SUBJECT_BASE, trained, tta)
 
 
 def check_channels(trained: TrainedModel, subjects: list[Subject], run: str) -> None:
@@ -160,7 +237,6 @@ def predict_subjects(cfg: PredictConfig, subjects: list[Subject], show_progress:
     check_folder_output(cfg.out, overwrite)
     trained = _load(cfg)
     check_channels(trained, subjects, cfg.run)
-    names = trained.class_map.names
     all_rows, summaries, failures = [], [], []
     with locked_folder(cfg.out, RUN_LOCK), staged_folder(cfg.out) as tmp, progress_bar(show_progress) as bars:
         bar = bars.task("subjects", total=len(subjects))
@@ -177,7 +253,7 @@ def predict_subjects(cfg: PredictConfig, subjects: list[Subject], show_progress:
             all_rows.extend(rows)
             summaries.append(summary)
             bar.advance()
-        tmp.joinpath(LESION_PREDICTIONS).write_text(csv_text(all_rows, subject_columns(names, cfg.tta)))
+        tmp.joinpath(LESION_PREDICTIONS).write_text(csv_text(all_rows, subject_columns(trained, cfg.tta)))
         summary_columns = tuple(k for k in summaries[0] if k != "notes") if summaries else ("subject",)
         tmp.joinpath(PREDICTION_SUMMARY).write_text(csv_text(summaries, summary_columns))
         if failures:
@@ -197,18 +273,17 @@ def predict_patch_file(cfg: PredictConfig, path: Path, show_progress: bool = Tru
     if patches.patch_shape != (trained.model.patch_size,) * 3:
         raise InputError(f"patches are {patches.patch_shape} but the model of {cfg.run} expects "
                          f"{trained.model.patch_size}³", path)
-    names = trained.class_map.names
-    probabilities, spread = classify(trained, patches.images, cfg)
-    _, predicted = decisions(probabilities, names, cfg.abstain)
+    geometry = [[] for _ in range(len(patches))]  # a patch file holds no volumes to find geometry flags in
+    judged = judge(trained, patches.images, patches.volume_mm3, geometry, cfg)
     parts = patches.parts if patches.parts is not None else np.zeros(len(patches), np.int64)
     base = [{"subject": str(p), "lesion": int(lesion), "part": int(part), "label": int(label)}
             for p, lesion, part, label in zip(patches.patients, patches.lesions, parts, patches.labels, strict=True)]
-    rows = prediction_rows(base, probabilities, spread, names, predicted)
+    rows = prediction_rows(base, judged, trained)
     subjects = list(dict.fromkeys(r["subject"] for r in rows))
-    summaries = [subject_summary(s, [r for r in rows if r["subject"] == s], names, with_volume=False)
+    summaries = [subject_summary(s, [r for r in rows if r["subject"] == s], trained, cfg, with_volume=False)
                  for s in subjects]
     with locked_folder(cfg.out, RUN_LOCK), staged_folder(cfg.out) as tmp:
-        table = columns(("subject", "lesion", "part", "label"), names, cfg.tta)
+        table = columns(("subject", "lesion", "part", "label"), trained, cfg.tta)
         tmp.joinpath(LESION_PREDICTIONS).write_text(csv_text(rows, table))
         summary_columns = tuple(summaries[0]) if summaries else ("subject",)
         tmp.joinpath(PREDICTION_SUMMARY).write_text(csv_text(summaries, summary_columns))

@@ -175,6 +175,7 @@ class TrainedModel:
     class_map: ClassMap
     channels: tuple[str, ...]
     temperature: float = 1.0
+    ood: dict | None = None  # mslesion.ood statistics; None for models trained before version 0.4
 
 
 def load_trained(run_dir: str | Path) -> TrainedModel:
@@ -195,7 +196,8 @@ def load_trained(run_dir: str | Path) -> TrainedModel:
         raise InputError(f"model file does not match this version of mslesion ({exc.__class__.__name__})",
                          run_dir / MODEL) from None
     model.eval()
-    return TrainedModel(model, cfg, class_map, tuple(obj["channels"]), float(obj.get("temperature", 1.0)))
+    return TrainedModel(model, cfg, class_map, tuple(obj["channels"]), float(obj.get("temperature", 1.0)),
+                        obj.get("ood"))
 
 
 def read_json(path: Path) -> Any:
@@ -222,14 +224,19 @@ class RunPredictions:
 
 
 def write_predictions(path: Path, task: Task, indices: np.ndarray, probabilities: np.ndarray) -> None:
+    """One row per lesion: its class probabilities, the predicted class, then the derived whole-subject columns
+    (p_unclassified, p_remyelinating, p_demyelinating; ClassMap.derived_probabilities) after `predicted`."""
     names = task.class_map.names
+    derived = task.class_map.derived_probabilities(probabilities)
+    derived = {k: v for k, v in derived.items() if k[2:] not in names}  # a class's own column is not repeated
     with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["index", "patient", "lesion", "label", "target", *(f"p_{n}" for n in names), "predicted"])
+        writer.writerow(["index", "patient", "lesion", "label", "target", *(f"p_{n}" for n in names), "predicted",
+                         *derived])
         for row, i in enumerate(indices):
             writer.writerow([int(i), task.patients[i], int(task.lesions[i]), int(task.labels[i]),
                              names[task.targets[i]], *(f"{p:.6f}" for p in probabilities[row]),
-                             names[int(probabilities[row].argmax())]])
+                             names[int(probabilities[row].argmax())], *(f"{v[row]:.6f}" for v in derived.values())])
 
 
 def read_predictions(path: Path) -> RunPredictions:
@@ -239,7 +246,9 @@ def read_predictions(path: Path) -> RunPredictions:
         rows = list(csv.DictReader(f))
     if rows and "index" not in rows[0]:
         raise InputError("not the predictions.csv of a run folder (no 'index' column)", path)
-    names = tuple(k[2:] for k in (rows[0].keys() if rows else []) if k and k.startswith("p_"))
+    header = list(rows[0].keys()) if rows else []
+    before = header[:header.index("predicted")] if "predicted" in header else header  # derived columns follow it
+    names = tuple(k[2:] for k in before if k and k.startswith("p_"))
     try:
         return RunPredictions(
             index=np.asarray([int(r["index"]) for r in rows], dtype=np.int64),

@@ -38,6 +38,7 @@ from mslesion.errors import InputError
 from mslesion.inference import predict_logits
 from mslesion.metrics import roc_auc
 from mslesion.model import LesionNet, set_population_batchnorm
+from mslesion.ood import fit_ood
 from mslesion.precision import resolve
 from mslesion.progress import progress_bar
 from mslesion.runs import (
@@ -92,6 +93,18 @@ def oversampled(train: np.ndarray, targets: np.ndarray, oversample: tuple[int, .
     """Training indices with each class's patches repeated oversample[class] times (paper: ×2 remyelinating)."""
     copies = np.asarray([oversample[t] if t < len(oversample) else 1 for t in targets[train]])
     return np.repeat(train, copies)
+
+
+def loss_weights(cfg: TrainConfig, targets: np.ndarray, n_classes: int) -> torch.Tensor | None:
+    """Cross-entropy weight per class from its count n_k among the training items (after oversampling):
+    none, sqrt (1/√n_k) or balanced (1/n_k), scaled so that the average training item weighs 1."""
+    mode = cfg.class_weights if cfg.class_weights != "auto" else ("none" if cfg.task == "binary" else "sqrt")
+    if mode == "none":
+        return None
+    counts = np.bincount(targets, minlength=n_classes).astype(np.float64)
+    weights = np.where(counts > 0, 1.0 / np.maximum(counts, 1) ** (0.5 if mode == "sqrt" else 1.0), 0.0)
+    weights *= counts.sum() / (weights * counts).sum()
+    return torch.as_tensor(weights, dtype=torch.float32)
 
 
 def epoch_plan(items: np.ndarray, augment: str, epoch: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -165,6 +178,7 @@ class TrainingState:
     dtype: torch.dtype | None  # autocast dtype, None = fp32
     ctx: distributed.DistContext
     run_dir: Path
+    weights: torch.Tensor | None = None  # cross-entropy class weights (TrainConfig.class_weights)
     history: list[dict] = field(default_factory=list)
     best: dict | None = None  # the best validated epoch so far: its record and weights (with --select)
     first_epoch: int = 1
@@ -197,10 +211,11 @@ def train_epoch(state: TrainingState, plan: tuple[torch.Tensor, torch.Tensor], b
         with torch.autocast(device.type, dtype=state.dtype or torch.float32, enabled=state.dtype is not None):
             logits = state.net(x)
         if ctx.enabled:  # DDP averages gradients over ranks: scale so that this is the global batch mean
-            loss = F.cross_entropy(logits.float(), y, reduction="sum") * distributed.loss_scale(len(idx), global_n, ctx)
+            loss = F.cross_entropy(logits.float(), y, state.weights, reduction="sum")
+            loss = loss * distributed.loss_scale(len(idx), global_n, ctx)
             batch_loss = loss.detach() * global_n / ctx.world_size  # this rank's summed loss
         else:
-            loss = F.cross_entropy(logits.float(), y)
+            loss = F.cross_entropy(logits.float(), y, state.weights)
             batch_loss = loss.detach() * len(idx)
         state.optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -355,6 +370,11 @@ def start_training(cfg: TrainConfig, task: Task, run_dir: Path, device: torch.de
     optimizer = build_optimizer(model, cfg)
     state = TrainingState(cfg, task, split, model, model, optimizer, images, targets, items, device,
                           autocast_dtype(device, training_precision(cfg, device, checkpoint)), ctx, run_dir)
+    state.weights = loss_weights(cfg, task.targets[items], len(task.class_map.names))
+    if state.weights is not None:
+        state.weights = state.weights.to(device)
+        log.info("class weights %s", ", ".join(f"{n} {w:.3g}" for n, w in zip(task.class_map.names,
+                                                                               state.weights.tolist(), strict=True)))
     if checkpoint is not None:
         model.load_state_dict(checkpoint["state_dict"])
         optimizer.load_state_dict(checkpoint["optimizer"])
@@ -406,6 +426,18 @@ def end_epoch(state: TrainingState, record: dict) -> None:
     write_json(state.run_dir / HISTORY, state.history)
 
 
+def out_of_distribution_stats(state: TrainingState) -> dict:
+    """What the training lesions looked like (mslesion.ood): stored in model.pt for predict's flags."""
+    train, task = state.split["train"], state.task
+    val = state.images[torch.as_tensor(state.split["val"])] if "val" in state.split else None
+    stats = fit_ood(state.model, state.images[torch.as_tensor(train)], task.targets[train], val,
+                    task.volumes[train] if task.volumes is not None else None, task.channels, state.device,
+                    state.cfg.seed)
+    log.info("out-of-distribution statistics: feature threshold %.1f (from the %s lesions)",
+             stats["feature_threshold"], stats["threshold_from"])
+    return stats
+
+
 def finish(state: TrainingState) -> None:
     """Best-epoch selection, the batch-norm population pass, temperature scaling and the model file."""
     cfg, model, best, val_targets = state.cfg, state.model, state.best, state.val_targets
@@ -420,7 +452,9 @@ def finish(state: TrainingState) -> None:
         logits = predict_logits(model, val_images, 256, state.device, precision=cfg.precision)
         temperature = fit_temperature(logits, val_targets)
         log.info("temperature %.3f fitted on %d validation lesions", temperature, len(val_targets))
+    ood = out_of_distribution_stats(state)
     save_torch({**model_metadata(model, cfg, state.task.class_map, state.task.channels), "temperature": temperature,
+                "ood": ood,
                 "selected_epoch": best["record"]["epoch"] if best else cfg.epochs,
                 "state_dict": {k: v.cpu() for k, v in model.state_dict().items()}}, state.run_dir / MODEL)
     log.info("finished; model saved to %s", state.run_dir / MODEL)

@@ -70,6 +70,8 @@ def train_command(
     out: Annotated[Path, option(TrainConfig, "out", "--out", "-o")] = Path(TRAIN.out),
     channels: Annotated[str, option(TrainConfig, "channels")] = joined(TRAIN.channels),
     classes: Annotated[str, option(TrainConfig, "classes")] = TRAIN.classes,
+    task: Annotated[str, option(TrainConfig, "task")] = TRAIN.task,
+    class_weights: Annotated[str, option(TrainConfig, "class_weights")] = TRAIN.class_weights,
     split: Annotated[str, option(TrainConfig, "split")] = TRAIN.split,
     train_fraction: Annotated[float, option(TrainConfig, "train_fraction")] = TRAIN.train_fraction,
     augment: Annotated[str, option(TrainConfig, "augment")] = TRAIN.augment,
@@ -100,7 +102,8 @@ def train_command(
     from mslesion.train import train
 
     cfg = TrainConfig(
-        data=str(data.resolve()), out=str(out), channels=parse_channels(channels), classes=classes, split=split,
+        data=str(data.resolve()), out=str(out), channels=parse_channels(channels), classes=classes, task=task,
+        class_weights=class_weights, split=split,
         train_fraction=train_fraction, augment=augment, input_norm=input_norm, epochs=epochs, batch_size=batch_size,
         lr=lr, lr_milestones=parse_ints(lr_milestones, "--lr-milestones"),
         oversample=parse_ints(oversample, "--oversample"),

@@ -27,6 +27,8 @@ def ablate_command(
     seeds: Annotated[int, option(AblationConfig, "seeds")] = ABLATION.seeds,
     reference: Annotated[str, option(AblationConfig, "reference")] = ABLATION.reference,
     classes: Annotated[str, option(TrainConfig, "classes")] = TEMPLATE.classes,
+    task: Annotated[str, option(TrainConfig, "task")] = TEMPLATE.task,
+    class_weights: Annotated[str, option(TrainConfig, "class_weights")] = TEMPLATE.class_weights,
     augment: Annotated[str, option(TrainConfig, "augment")] = TEMPLATE.augment,
     epochs: Annotated[int, option(TrainConfig, "epochs")] = TEMPLATE.epochs,
     batch_size: Annotated[int, option(TrainConfig, "batch_size")] = TEMPLATE.batch_size,
@@ -47,7 +49,8 @@ def ablate_command(
     from mslesion.ablate import ablate
 
     template = dataclasses.replace(
-        TEMPLATE, classes=classes, augment=augment, epochs=epochs, batch_size=batch_size, lr=lr,
+        TEMPLATE, classes=classes, task=task, class_weights=class_weights,
+        augment=augment, epochs=epochs, batch_size=batch_size, lr=lr,
         val_fraction=val_fraction, oversample=parse_ints(oversample, "--oversample"), device=device,
         precision=precision, threads=threads,
     )

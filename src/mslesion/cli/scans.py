@@ -89,6 +89,8 @@ def predict_command(
     flair: Flair = None, qsm: Qsm = None, mask: Mask = None, phenotype: Phenotype = None, subject: SubjectId = None,
     tta: Annotated[bool, option(PredictConfig, "tta")] = PREDICT.tta,
     abstain: Annotated[float, option(PredictConfig, "abstain")] = PREDICT.abstain,
+    keep_ood: Annotated[bool, option(PredictConfig, "keep_ood")] = PREDICT.keep_ood,
+    prl_count: Annotated[int, option(PredictConfig, "prl_count")] = PREDICT.prl_count,
     min_volume: MinVolume = FINDING.min_volume_mm3, connectivity: Connectivity = FINDING.connectivity,
     instances: Instances = FINDING.instances, resample: Resample = FINDING.resample,
     voxel_size: VoxelSize = joined(FINDING.voxel_size_mm), split_confluent: SplitConfluent = FINDING.split_confluent,
@@ -105,7 +107,7 @@ def predict_command(
     from mslesion.runs import PREDICTION_ERRORS
 
     cfg = PredictConfig(run=str(run), out=str(out), tta=tta, abstain=abstain, batch_size=batch_size, device=device,
-                        precision=precision, threads=threads,
+                        precision=precision, threads=threads, keep_ood=keep_ood, prl_count=prl_count,
                         finding=lesion_finding(min_volume, connectivity, instances, resample, voxel_size,
                                                split_confluent))
     failures: list[dict] = []

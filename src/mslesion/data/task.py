@@ -11,7 +11,15 @@ import numpy as np
 
 from mslesion.data.patches import read_patches
 from mslesion.errors import InputError
-from mslesion.paper import MIN_PATCH_SIZE, TABLE1_NAMES
+from mslesion.paper import (
+    CALL_LEGEND,
+    CUSTOM_CALLS_START,
+    DEMYELINATING_CODES,
+    MIN_PATCH_SIZE,
+    PHENOTYPE_CLASSES,
+    REMYELINATING_CODES,
+    TABLE1_NAMES,
+)
 
 
 @dataclass(frozen=True)
@@ -52,6 +60,55 @@ class ClassMap:
     def spec(self) -> str:
         return ";".join(f"{n}={','.join(map(str, c))}" for n, c in zip(self.names, self.codes, strict=True))
 
+    @property
+    def is_phenotype(self) -> bool:
+        """Every Table 1 code its own class (whatever the names or order): the phenotype task."""
+        return sorted(self.codes) == [(c,) for c in TABLE1_NAMES]
+
+    @property
+    def is_binary(self) -> bool:
+        """The paper's remyelinating (2, 6) vs demyelinating (3, 5) task."""
+        return sorted(tuple(sorted(g)) for g in self.codes) == sorted([REMYELINATING_CODES, DEMYELINATING_CODES])
+
+    def class_of(self, *codes: int) -> list[int]:
+        """Indices of the classes holding these codes."""
+        return [i for i, group in enumerate(self.codes) if set(group) & set(codes)]
+
+    def derived_probabilities(self, probabilities: np.ndarray) -> dict[str, np.ndarray]:
+        """The whole-subject columns: p_unclassified, p_remyelinating, p_demyelinating (phenotype: joint
+        probabilities, summing with p(hypointense rim) to 1), the binary task's own two classes, else none."""
+        if self.is_phenotype:
+            return {"p_unclassified": probabilities[:, self.class_of(1)].sum(1),
+                    "p_remyelinating": probabilities[:, self.class_of(*REMYELINATING_CODES)].sum(1),
+                    "p_demyelinating": probabilities[:, self.class_of(*DEMYELINATING_CODES)].sum(1)}
+        if self.is_binary:
+            return {"p_remyelinating": probabilities[:, self.class_of(*REMYELINATING_CODES)].sum(1),
+                    "p_demyelinating": probabilities[:, self.class_of(*DEMYELINATING_CODES)].sum(1)}
+        return {}
+
+    def call_names(self) -> tuple[str, ...]:
+        """The name of each class as a whole-subject call: CALL_LEGEND's name for a Table 1 code or the binary
+        groups, the class's own name otherwise."""
+        names = []
+        for name, group in zip(self.names, self.codes, strict=True):
+            if len(group) == 1 and group[0] in TABLE1_NAMES:
+                names.append(CALL_LEGEND[group[0]])
+            elif tuple(sorted(group)) == REMYELINATING_CODES:
+                names.append("remyelinating")
+            elif tuple(sorted(group)) == DEMYELINATING_CODES:
+                names.append("demyelinating")
+            else:
+                names.append(name)
+        return tuple(names)
+
+    def legend(self) -> dict[int, str]:
+        """The label-map legend: CALL_LEGEND, plus values from CUSTOM_CALLS_START for classes outside it."""
+        legend = dict(CALL_LEGEND)
+        for name in self.call_names():
+            if name not in legend.values():
+                legend[max(CUSTOM_CALLS_START, max(legend) + 1)] = name
+        return legend
+
     def targets(self, labels: np.ndarray) -> np.ndarray:
         """Class index per sample, -1 where the label belongs to no class."""
         out = np.full(len(labels), -1, dtype=np.int64)
@@ -73,6 +130,7 @@ class Task:
     class_map: ClassMap
     split: np.ndarray | None
     source_path: str
+    volumes: np.ndarray | None = None  # float [N] mm³: the file's volume_mm3, else the mask channel's voxels
 
     def __len__(self) -> int:
         return len(self.targets)
@@ -112,6 +170,7 @@ def load_task(path: str | Path, channels: tuple[str, ...], class_map: ClassMap |
         if not np.any(targets == index):
             raise InputError(f"class '{name}' (codes {list(class_map.codes[index])}) has no samples", path)
     return Task(
+        volumes=lesion_volumes(patches, path, in_task),
         images=patches.images,
         targets=targets,
         labels=patches.labels,
@@ -122,3 +181,21 @@ def load_task(path: str | Path, channels: tuple[str, ...], class_map: ClassMap |
         split=patches.split,
         source_path=str(path),
     )
+
+
+def lesion_volumes(patches, path: str | Path, wanted) -> np.ndarray | None:
+    """Volume per lesion in mm³: the file's `volume_mm3` (format 2), else the voxels of the mask channel inside
+    the patch (a lower bound for lesions larger than it), else None."""
+    if patches.volume_mm3 is not None:
+        return patches.volume_mm3
+    if "mask" in patches.channels:
+        mask = patches.images[:, patches.channels.index("mask")]
+    else:
+        try:
+            mask = read_patches(path, ("mask",), labels_wanted=wanted).images[:, 0]
+        except InputError:  # the file has no mask channel
+            return None
+    return (mask > 0.5).sum(axis=(1, 2, 3)) * float(np.prod(patches.voxel_size_mm))
+
+
+PHENOTYPE = ClassMap.parse(PHENOTYPE_CLASSES)

@@ -1,0 +1,116 @@
+"""Out-of-distribution statistics of a trained model, and the flags they raise on new lesions.
+
+A model trained on one cohort says nothing useful about a lesion unlike any it saw: another voxel size, field
+strength or noise level, a lesion far larger or smaller, a structure that is not a lesion. At the end of
+training (`fit_ood`) the model stores what its training data looked like, and `predict` flags (`ood_flags`):
+
+- volume_outside_training: the lesion's volume outside the 1st-99th percentiles of the training lesions';
+- intensity_outside_training_<channel>: more than 5% of the patch's voxels outside the central 99.8% of the
+  training voxels of that channel (robust to the odd bright voxel, not to a rescaled or shifted image);
+- feature_outlier: the class-conditional Mahalanobis distance (Lee et al., NeurIPS 2018) of the lesion's
+  penultimate features from the training lesions, above the distance that 95% of the validation lesions (the
+  training lesions when there is no validation split) stay below. The features are first projected on their
+  leading principal components and the covariance is shrunk (Ledoit-Wolf): ~1,000 training lesions cannot
+  estimate a full 1,024-dimensional covariance, and the stored statistics stay small (~20 KB).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+FEATURE_COMPONENTS = 32
+FEATURE_PASS = 0.95
+INTENSITY_QUANTILES = (0.001, 0.999)
+OUTSIDE_FRACTION = 0.05
+VOLUME_PERCENTILES = (1.0, 99.0)
+BINARY_CHANNELS = ("mask",)  # 0/1 by construction: no intensity range to leave
+VOLUME_FLAG, FEATURE_FLAG = "volume_outside_training", "feature_outlier"
+
+
+def intensity_flag(channel: str) -> str:
+    return f"intensity_outside_training_{channel}"
+
+
+@torch.no_grad()
+def embeddings(model: torch.nn.Module, images: torch.Tensor | np.ndarray, batch_size: int = 64,
+               device: torch.device | str = "cpu") -> np.ndarray:
+    """Penultimate features [N, F] in fp32 (the flags must not depend on the machine's precision choice)."""
+    images = torch.as_tensor(images)
+    model.eval().to(device)
+    out = [model.embed(images[s:s + batch_size].to(device)).float().cpu() for s in range(0, len(images), batch_size)]
+    return torch.cat(out).numpy().astype(np.float64) if out else np.zeros((0, 1))
+
+
+def fit_ood(model: torch.nn.Module, train_images: torch.Tensor, train_targets: np.ndarray,
+            val_images: torch.Tensor | None, train_volumes: np.ndarray | None, channels: tuple[str, ...],
+            device: torch.device | str = "cpu", seed: int = 0) -> dict:
+    """The statistics `ood_flags` needs, as plain tensors and numbers (stored in model.pt)."""
+    from sklearn.covariance import LedoitWolf
+
+    features = embeddings(model, train_images, device=device)
+    mean = features.mean(0)
+    _, _, vt = np.linalg.svd(features - mean, full_matrices=False)
+    components = vt[: min(FEATURE_COMPONENTS, len(features) - 1)].T
+    projected = (features - mean) @ components
+    classes = np.unique(train_targets)
+    class_means = np.stack([projected[train_targets == c].mean(0) for c in classes])
+    residual = projected - class_means[np.searchsorted(classes, train_targets)]
+    precision = LedoitWolf().fit(residual).precision_
+    stats = {"feature_mean": mean, "components": components, "class_means": class_means, "precision": precision}
+    reference = projected if val_images is None else (embeddings(model, val_images, device=device) - mean) @ components
+    scores = mahalanobis(reference, class_means, precision)
+    images = np.asarray(train_images.cpu() if isinstance(train_images, torch.Tensor) else train_images)
+    rng = np.random.default_rng(seed)
+    intensity = {}
+    for c, channel in enumerate(channels):
+        if channel not in BINARY_CHANNELS:
+            values = images[:, c].ravel()
+            sample = values[rng.integers(0, len(values), min(len(values), 2_000_000))]
+            intensity[channel] = [float(q) for q in np.quantile(sample, INTENSITY_QUANTILES)]
+    return {
+        **{k: torch.as_tensor(v, dtype=torch.float32) for k, v in stats.items()},
+        "feature_threshold": float(np.quantile(scores, FEATURE_PASS)),
+        "threshold_from": "training" if val_images is None else "validation",
+        "intensity_range": intensity,
+        "volume_range_mm3": None if train_volumes is None else
+        [float(v) for v in np.percentile(train_volumes, VOLUME_PERCENTILES)],
+    }
+
+
+def mahalanobis(projected: np.ndarray, class_means: np.ndarray, precision: np.ndarray) -> np.ndarray:
+    """Squared distance to the nearest class mean under the shared (shrunk) covariance."""
+    distances = [np.einsum("ni,ij,nj->n", projected - m, precision, projected - m) for m in class_means]
+    return np.min(np.stack(distances, 1), axis=1)
+
+
+def feature_scores(stats: dict, model: torch.nn.Module, images: torch.Tensor | np.ndarray,
+                   device: torch.device | str = "cpu") -> np.ndarray:
+    """The Mahalanobis score of each lesion (higher = less like the training lesions)."""
+    def array(key: str) -> np.ndarray:
+        return stats[key].double().numpy()
+
+    projected = (embeddings(model, images, device=device) - array("feature_mean")) @ array("components")
+    return mahalanobis(projected, array("class_means"), array("precision"))
+
+
+def ood_flags(stats: dict, model: torch.nn.Module, images: np.ndarray, volumes: np.ndarray | None,
+              channels: tuple[str, ...], device: torch.device | str = "cpu") -> tuple[list[list[str]], np.ndarray]:
+    """Per lesion, the names of the flags it raises, and its feature score."""
+    flags: list[list[str]] = [[] for _ in range(len(images))]
+    if not len(images):
+        return flags, np.zeros(0)
+    volume_range = stats.get("volume_range_mm3")
+    if volume_range is not None and volumes is not None:
+        for n in np.flatnonzero((volumes < volume_range[0]) | (volumes > volume_range[1])):
+            flags[n].append(VOLUME_FLAG)
+    for channel, (low, high) in stats.get("intensity_range", {}).items():
+        if channel in channels:
+            values = images[:, channels.index(channel)]
+            outside = ((values < low) | (values > high)).mean(axis=(1, 2, 3))
+            for n in np.flatnonzero(outside > OUTSIDE_FRACTION):
+                flags[n].append(intensity_flag(channel))
+    scores = feature_scores(stats, model, images, device)
+    for n in np.flatnonzero(scores > stats["feature_threshold"]):
+        flags[n].append(FEATURE_FLAG)
+    return flags, scores
