@@ -341,7 +341,8 @@ def phenotype_metrics(targets: np.ndarray, probabilities: np.ndarray, class_name
         "confusion_matrix": confusion_matrix(targets, predicted, labels=list(range(len(class_names)))).tolist(),
         "class_names": list(class_names),
         "true_positive_rate": per_class,
-        "macro_roc_auc": roc_auc(targets, probabilities),
+        "macro_roc_auc": float(np.nanmean([_auc(targets == c, probabilities[:, c]) for c in np.unique(targets)])
+                               if len(np.unique(targets)) > 1 else np.nan),  # over the classes present
         "gate_class": class_names[gate_class],
         "gate_prevalence": float(gate_y.mean()) if len(targets) else float("nan"),
         "n_derived_binary": int(derived.sum()),
