@@ -127,3 +127,43 @@ def test_a_shard_outside_the_grid_is_an_input_error(tmp_path: Path, shard: tuple
 
     with pytest.raises(InputError, match="--shard"):
         shard_of(grid(AblationConfig(data="x.h5", out=str(tmp_path), channel_sets=("qsm",))), shard)
+
+
+def test_a_phenotype_cv_grid_pairs_every_run_with_a_binary_twin(tmp_path: Path) -> None:
+    cfg = AblationConfig(data="x.h5", out=str(tmp_path), channel_sets=("qsm",), cv_folds=2,
+                         train=TrainConfig(task="phenotype"))
+    runs = grid(cfg)
+    phenotype, twins = runs[0::2], runs[1::2]
+    assert [r.task for r in phenotype] == ["phenotype"] * 2 and [r.task for r in twins] == ["binary"] * 2
+    for run, twin in zip(phenotype, twins, strict=True):
+        assert (twin.fold, twin.seed, twin.channels) == (run.fold, run.seed, run.channels)
+        assert twin.folds_from == run.classes and twin.oversample == (2, 1)
+        assert "runs-binary" in twin.out and "runs-binary" not in run.out
+    paper_scheme = AblationConfig(data="x.h5", out=str(tmp_path), scheme="paper", train=TrainConfig(task="phenotype"))
+    assert all(r.task == "phenotype" for r in grid(paper_scheme))  # no shared folds to pair on
+
+
+@pytest.mark.slow
+def test_phenotype_ablation_reports_gate_and_derived_vs_dedicated_binary(tmp_path: Path) -> None:
+    from test_phenotype import six_class_patches
+
+    from mslesion.runs import read_predictions
+
+    data = tmp_path / "six.h5"
+    write_patches(data, six_class_patches({1: 60, 2: 24, 3: 24, 4: 12, 5: 24, 6: 24}, n_patients=12))
+    cfg = AblationConfig(data=str(data), out=str(tmp_path / "ablation"), channel_sets=("qsm",), cv_folds=2,
+                         n_bootstrap=20, train=dataclasses.replace(FAST["train"], task="phenotype", augment="random",
+                                                                   epochs=3))
+    results = ablate(cfg, show_progress=False)
+    report = results["rows"][0]["phenotype"]
+    assert report["gate_roc_auc"]["estimate"] > 0.6
+    paired = report["derived_vs_dedicated_binary"]
+    assert paired["low"] <= paired["difference"] <= paired["high"]
+    # The twins tested exactly the phenotype runs' patients in every fold.
+    for fold in range(2):
+        phenotype = read_predictions(run_folder(tmp_path / "ablation", "qsm", 0, fold) / "predictions.csv")
+        twin = read_predictions(run_folder(tmp_path / "ablation", "qsm", 0, fold, "runs-binary") / "predictions.csv")
+        assert set(twin.patients) <= set(phenotype.patients)
+        assert sorted(twin.labels) == sorted(label for label in phenotype.labels if label in (2, 3, 5, 6))
+    text = (tmp_path / "ablation" / "results.md").read_text()
+    assert "gate ROC AUC" in text and "derived − dedicated" in text

@@ -21,13 +21,21 @@ import numpy as np
 
 from mslesion.atomic import FolderInUse, atomic_path, check_folder_output, locked_folder, write_json
 from mslesion.config import AblationConfig, EvaluateConfig, TrainConfig, canonical_channels, to_dict
-from mslesion.data.task import Task, load_task
+from mslesion.data.task import ClassMap, Task, load_task
 from mslesion.errors import InputError
-from mslesion.metrics import SUMMARY_METRICS, Predictions, paired_comparison, patient_bootstrap
+from mslesion.metrics import (
+    SUMMARY_METRICS,
+    Predictions,
+    paired_comparison,
+    patient_bootstrap,
+    phenotype_metrics,
+    summary_vector,
+)
 from mslesion.paper import PAPER_TABLE3
 from mslesion.runs import (
     ABLATION_LOCK,
     ABLATION_PNG,
+    BINARY_TWIN_RUNS,
     CHECKPOINT,
     CONFIG,
     MODEL,
@@ -35,6 +43,7 @@ from mslesion.runs import (
     RESULTS_CSV,
     RESULTS_JSON,
     RESULTS_MD,
+    RunPredictions,
     changed_settings,
     is_finished_run,
     read_json,
@@ -47,9 +56,17 @@ COMPARED_METRICS = ("roc_auc", "balanced_accuracy")
 
 
 def grid(cfg: AblationConfig) -> list[TrainConfig]:
-    """Every run of the ablation: channel sets × seeds × folds, each in its own run folder."""
-    return [cfg.run_config(c, s, f, str(run_folder(Path(cfg.out), c, s, f)))
-            for c in cfg.channel_sets for s in range(cfg.seeds) for f in range(cfg.folds)]
+    """Every run of the ablation: channel sets × seeds × folds, each in its own run folder; a phenotype CV grid
+    also holds each run's binary twin (AblationConfig.binary_twin)."""
+    runs = []
+    for c in cfg.channel_sets:
+        for s in range(cfg.seeds):
+            for f in range(cfg.folds):
+                run = cfg.run_config(c, s, f, str(run_folder(Path(cfg.out), c, s, f)))
+                runs.append(run)
+                if cfg.paired_binary:
+                    runs.append(cfg.binary_twin(run, str(run_folder(Path(cfg.out), c, s, f, BINARY_TWIN_RUNS))))
+    return runs
 
 
 # --- running the grid ---------------------------------------------------------------------------------------
@@ -75,7 +92,8 @@ def ablate(cfg: AblationConfig, show_progress: bool = True, console=None, shard:
         return collect_results(cfg, runs)
     mine = shard_of(runs, shard)
     wanted = tuple(dict.fromkeys(c for run in mine for c in run.channels))
-    full_task = load_task(cfg.data, wanted, cfg.train.classes).check_trainable()  # fails before any output
+    tasks = {classes: load_task(cfg.data, wanted, classes).check_trainable()  # fails before any output
+             for classes in dict.fromkeys(run.classes for run in mine)}
     write_ablation_config(Path(cfg.out), cfg)
     started = time.perf_counter()
     with grid_progress(show_progress, console) as progress:
@@ -84,7 +102,7 @@ def ablate(cfg: AblationConfig, show_progress: bool = True, console=None, shard:
             if progress:
                 progress.update(task_id, description=_run_label(run))
             with suppress(FolderInUse):  # another process trains this run into the same ablation folder
-                train_and_evaluate_run(run, full_task.with_channels(run.channels))
+                train_and_evaluate_run(run, tasks[run.classes].with_channels(run.channels))
             if progress:
                 progress.advance(task_id)
     pending = [run.out for run in runs if not is_finished_run(Path(run.out))]
@@ -107,7 +125,8 @@ def collect_results(cfg: AblationConfig, runs: list[TrainConfig]) -> dict:
 
 def _run_label(run: TrainConfig) -> str:
     fold = f"fold {run.fold}" if run.cv_folds else "paper split"
-    return f"{'+'.join(run.channels):<15} seed {run.seed} {fold}"
+    twin = " (binary twin)" if run.folds_from else ""
+    return f"{'+'.join(run.channels):<15} seed {run.seed} {fold}{twin}"
 
 
 def grid_progress(enabled: bool, console=None):
@@ -154,18 +173,62 @@ def train_and_evaluate_run(run: TrainConfig, task: Task) -> str:
 # --- summarising ----------------------------------------------------------------------------------------------
 
 
-def pooled_predictions(cfg: AblationConfig, channel_set: str) -> tuple[list[Predictions], tuple[str, ...]]:
+def pooled_runs(cfg: AblationConfig, channel_set: str, runs: str = "") -> list[RunPredictions]:
     """Per seed, the test predictions of all folds pooled and sorted by lesion index."""
-    sets, names = [], ()
+    pooled = []
     for seed in range(cfg.seeds):
-        parts = [read_predictions(run_folder(Path(cfg.out), channel_set, seed, f) / PREDICTIONS)
+        parts = [read_predictions(run_folder(Path(cfg.out), channel_set, seed, f, runs) / PREDICTIONS)
                  for f in range(cfg.folds)]
         order = np.argsort(np.concatenate([p.index for p in parts]), kind="stable")
-        names = parts[0].names
-        sets.append(Predictions(np.concatenate([p.targets for p in parts])[order],
-                                np.concatenate([p.probabilities for p in parts])[order],
-                                np.concatenate([p.patients for p in parts])[order]))
-    return sets, names
+
+        def joined(field: str, parts=parts, order=order):
+            values = [getattr(p, field) for p in parts]
+            return None if any(v is None for v in values) else np.concatenate(values)[order]
+
+        pooled.append(RunPredictions(joined("index"), joined("probabilities"), joined("patients"), joined("targets"),
+                                     parts[0].names, joined("labels"), joined("volumes")))
+    return pooled
+
+
+def pooled_predictions(cfg: AblationConfig, channel_set: str) -> tuple[list[Predictions], tuple[str, ...]]:
+    """Per seed, the pooled test predictions as metrics.Predictions, and the class names."""
+    pooled = pooled_runs(cfg, channel_set)
+    return [Predictions(p.targets, p.probabilities, p.patients) for p in pooled], pooled[0].names
+
+
+def phenotype_summary(cfg: AblationConfig, channel_set: str) -> dict:
+    """The phenotype report of a channel set (metrics.phenotype_metrics on seed 0's pooled folds) and, on CV
+    grids, the derived binary AUC against the dedicated binary twins, paired on the same lesions and folds."""
+    pooled = pooled_runs(cfg, channel_set)
+    class_map = ClassMap.parse(cfg.train.classes)
+    first = pooled[0]
+    report = phenotype_metrics(first.targets, first.probabilities, first.names, first.patients,
+                               gate_class=class_map.class_of(1)[0], remyelinating=class_map.class_of(2, 6),
+                               demyelinating=class_map.class_of(3, 5), volumes=first.volumes,
+                               n_resamples=cfg.n_bootstrap)
+    if cfg.paired_binary:
+        derived = [derived_binary(p, class_map) for p in pooled]
+        twins = [Predictions(p.targets, p.probabilities, p.patients)
+                 for p in pooled_runs(cfg, channel_set, BINARY_TWIN_RUNS)]
+        try:
+            report["derived_vs_dedicated_binary"] = paired_comparison(derived, twins, "roc_auc",
+                                                                      n_resamples=cfg.n_bootstrap)
+        except ValueError:
+            raise InputError("the binary twins did not test the phenotype runs' lesions (was the data file "
+                             "changed between runs?)", Path(cfg.out) / BINARY_TWIN_RUNS) from None
+        report["dedicated_binary_roc_auc"] = float(summary_vector(twins)[SUMMARY_METRICS.index("roc_auc")])
+    return report
+
+
+def derived_binary(pooled: RunPredictions, class_map: ClassMap) -> Predictions:
+    """The phenotype model's predictions on the binary task's lesions (codes 2, 3, 5, 6): demyelinating scored
+    by p_dem / (p_rem + p_dem); in file order, as the binary twin's predictions are."""
+    remyelinating, demyelinating = class_map.class_of(2, 6), class_map.class_of(3, 5)
+    keep = np.isin(pooled.targets, remyelinating + demyelinating)
+    p_dem = pooled.probabilities[keep][:, demyelinating].sum(1)
+    score = p_dem / np.maximum(p_dem + pooled.probabilities[keep][:, remyelinating].sum(1), 1e-12)
+    targets = np.isin(pooled.targets[keep], demyelinating).astype(np.int64)
+    return Predictions(targets, np.stack([1 - score, score], 1), pooled.patients[keep])
 
 
 def summarise(cfg: AblationConfig) -> dict:
@@ -179,6 +242,8 @@ def summarise(cfg: AblationConfig) -> dict:
         rows.append({"channels": canonical_channels(channel_set), "runs": cfg.seeds * cfg.folds,
                      "n": int(len(sets[0].targets)), "majority_baseline": float(counts.max() / counts.sum()),
                      "class_names": list(names), **_metric_columns(ci, names)})
+        if cfg.train.task == "phenotype":
+            rows[-1]["phenotype"] = phenotype_summary(cfg, channel_set)
     reference = cfg.reference_set
     comparisons = [
         {"a": channel_set, "b": reference, **paired_comparison(pooled[channel_set], pooled[reference], metric,
@@ -217,7 +282,7 @@ def write_results(out: Path, results: dict) -> None:
 
 
 def write_results_csv(path: Path, rows: list[dict]) -> None:
-    columns = [k for k in rows[0] if k != "class_names"]
+    columns = [k for k in rows[0] if k not in ("class_names", "phenotype")]
     with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
         writer = csv.DictWriter(f, columns, extrasaction="ignore")
         writer.writeheader()
@@ -253,6 +318,8 @@ def ablation_markdown(results: dict) -> str:
     lines += ["", "PR AUC and pAUC take the rarer class as positive; pAUC is sklearn's McClish-standardised "
               "partial AUC (0.5 = chance, 1 = perfect). The paper's accuracy is from one lesion-level split of "
               "its private cohort (Table 3), ours from the data above: compare patterns, not numbers.", ""]
+    if any("phenotype" in row for row in rows):
+        lines += phenotype_markdown(rows)
     if results["comparisons"]:
         lines += ["Paired comparisons on the same lesions and folds (difference A − B, patient-bootstrap 95% CI, "
                   "two-sided permutation test swapping patients between A and B):", "",
@@ -261,3 +328,38 @@ def ablation_markdown(results: dict) -> str:
             lines.append(f"| {c['a']} | {c['b']} | {METRIC_LABELS[c['metric']]} | {c['difference']:+.3f} "
                          f"[{c['low']:+.3f}, {c['high']:+.3f}] | {c['p_value']:.3g} |")
     return "\n".join(lines) + "\n"
+
+
+def phenotype_markdown(rows: list[dict]) -> list[str]:
+    """The phenotype task's gate and derived binary results per channel set."""
+    def ci(value) -> str:
+        if not isinstance(value, dict) or np.isnan(value["estimate"]):
+            return "n/a"
+        return f"{value['estimate']:.3f} [{value['low']:.3f}, {value['high']:.3f}]"
+
+    lines = ["Phenotype task (seed 0's pooled folds; patient-bootstrap 95% CIs). Gate: unclassified (class 1) vs "
+             "the rest by p_unclassified; volume-matched: each classified lesion paired with a class-1 lesion of "
+             "the nearest volume. Derived binary: p_dem / (p_rem + p_dem) on codes 2, 3, 5, 6, paired with the "
+             "dedicated binary model trained on the same folds.", "",
+             "| channels | gate ROC AUC | gate PR AUC | gate ROC AUC, volume-matched | derived binary AUC | "
+             "dedicated binary AUC | derived − dedicated [95% CI] | p |", "|---|---|---|---|---|---|---|---|"]
+    for row in rows:
+        p = row.get("phenotype")
+        if p is None:
+            continue
+        paired = p.get("derived_vs_dedicated_binary")
+        difference = (f"{paired['difference']:+.3f} [{paired['low']:+.3f}, {paired['high']:+.3f}]",
+                      f"{paired['p_value']:.3g}") if paired else ("–", "–")
+        dedicated = f"{p['dedicated_binary_roc_auc']:.3f}" if "dedicated_binary_roc_auc" in p else "–"
+        lines.append(f"| {row['channels']} | {ci(p['gate_roc_auc'])} | {ci(p['gate_pr_auc'])} | "
+                     f"{ci(p.get('gate_roc_auc_volume_matched'))} | {ci(p['derived_binary_roc_auc'])} | {dedicated} | "
+                     f"{difference[0]} | {difference[1]} |")
+    lines += ["", "Per-class true-positive rates [95% CI] (absent: no lesion of that class in the test folds):", ""]
+    names = rows[0]["class_names"]
+    lines += ["| channels | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+    for row in rows:
+        if "phenotype" in row:
+            rates = row["phenotype"]["true_positive_rate"]
+            lines.append(f"| {row['channels']} | " + " | ".join(ci(rates[n]) if rates[n] != "absent" else "absent"
+                                                                for n in names) + " |")
+    return [*lines, ""]

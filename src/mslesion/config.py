@@ -155,6 +155,9 @@ class TrainConfig:
     """Loss weight per class from its training count n_k: none; sqrt (∝ 1/√n_k); balanced (∝ 1/n_k); auto = none
     for binary (the paper oversamples instead), sqrt otherwise (class 4 is 0.4% of lesions: 1/n_k would weigh
     one of its lesions as much as ~180 unclassified ones and train on noise)."""
+    folds_from: str = ""
+    """With --cv: the class map whose lesions define the patient-grouped folds (default: this run's). The binary
+    twin of a phenotype ablation uses the phenotype map, so that both models test the same patients per fold."""
     split: str = "paper"
     """paper (per-class 70/30 over lesions), patient (grouped by patient) or predefined (the file's split)."""
     train_fraction: float = paper.TRAIN_FRACTION
@@ -316,6 +319,16 @@ class AblationConfig:
         if self.reference:
             return canonical_channels(self.reference)
         return canonical_channels(max(self.channel_sets, key=lambda s: len(s.split(","))))
+
+    @property
+    def paired_binary(self) -> bool:
+        """A phenotype grid on CV folds also trains the paper's binary model on the same folds (its twin)."""
+        return self.train.task == "phenotype" and self.scheme == "cv"
+
+    def binary_twin(self, run: TrainConfig, out: str) -> TrainConfig:
+        """The dedicated binary model beside a phenotype run: the paper's classes and oversampling, same folds."""
+        return dataclasses.replace(run, out=out, task="binary", classes=paper.PAPER_CLASSES,
+                                   oversample=paper.OVERSAMPLE, folds_from=paper.PHENOTYPE_CLASSES)
 
     def run_config(self, channel_set: str, seed: int, fold: int, out: str) -> TrainConfig:
         """One run of the grid: the template with this run's data, folder, channels, split and seed."""

@@ -15,6 +15,7 @@ Ablation folder (`mslesion ablate`):
   ablation.json     resolved AblationConfig
   results.json · results.csv · results.md · ablation.png
   runs/<channels>/seed<S>/fold<F>/   one run folder per grid point
+  runs-binary/<channels>/seed<S>/fold<F>/   a phenotype CV grid's binary twins (same folds)
 
 Prediction folder (`mslesion predict`):
   lesion_predictions.csv   every lesion of every subject (its own name: not evaluate's predictions.csv)
@@ -57,6 +58,7 @@ HISTORY, METRICS, PREDICTIONS, LOG = "history.json", "metrics.json", "prediction
 # ablation folder
 ABLATION_CONFIG, RESULTS_JSON, RESULTS_CSV = "ablation.json", "results.json", "results.csv"
 RESULTS_MD, ABLATION_PNG, ABLATION_RUNS = "results.md", "ablation.png", "runs"
+BINARY_TWIN_RUNS = "runs-binary"  # a phenotype CV grid's dedicated binary models, on the same folds
 # demo folder (quick/ or full/): the cohort, one run folder per channel set, results.json and results.md
 DEMO_COHORT = "cohort.h5"
 # prediction folder
@@ -221,6 +223,8 @@ class RunPredictions:
     patients: np.ndarray
     targets: np.ndarray  # true class index
     names: tuple[str, ...]  # class names
+    labels: np.ndarray | None = None  # Table 1 codes
+    volumes: np.ndarray | None = None  # mm³, where the run's data knew them
 
 
 def write_predictions(path: Path, task: Task, indices: np.ndarray, probabilities: np.ndarray) -> None:
@@ -229,6 +233,8 @@ def write_predictions(path: Path, task: Task, indices: np.ndarray, probabilities
     names = task.class_map.names
     derived = task.class_map.derived_probabilities(probabilities)
     derived = {k: v for k, v in derived.items() if k[2:] not in names}  # a class's own column is not repeated
+    if task.volumes is not None:
+        derived["volume_mm3"] = task.volumes[indices]
     with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["index", "patient", "lesion", "label", "target", *(f"p_{n}" for n in names), "predicted",
@@ -256,6 +262,8 @@ def read_predictions(path: Path) -> RunPredictions:
             patients=np.asarray([r["patient"] for r in rows], dtype=object),
             targets=np.asarray([names.index(r["target"]) for r in rows], dtype=np.int64),
             names=names,
+            labels=np.asarray([int(r["label"]) for r in rows], dtype=np.int64),
+            volumes=np.asarray([float(r["volume_mm3"]) for r in rows]) if "volume_mm3" in header else None,
         )
     except (KeyError, ValueError, TypeError) as exc:
         raise InputError(f"malformed predictions table ({exc.__class__.__name__}: {exc})", path) from None
@@ -264,8 +272,10 @@ def read_predictions(path: Path) -> RunPredictions:
 # --- ablation folders ---------------------------------------------------------------------------------------------
 
 
-def run_folder(out: Path, channel_set: str, seed: int, fold: int) -> Path:
-    return Path(out) / ABLATION_RUNS / canonical_channels(channel_set).replace(",", "+") / f"seed{seed}" / f"fold{fold}"
+def run_folder(out: Path, channel_set: str, seed: int, fold: int, runs: str = "") -> Path:
+    """A grid run's folder; `runs` names another family of runs (BINARY_TWIN_RUNS: a phenotype grid's twins)."""
+    return (Path(out) / (runs or ABLATION_RUNS) / canonical_channels(channel_set).replace(",", "+") / f"seed{seed}"
+            / f"fold{fold}")
 
 
 def is_ablation(folder: Path) -> bool:

@@ -25,6 +25,7 @@ from mslesion import distributed
 from mslesion.atomic import check_folder_output, has_results, locked_folder, replace_folder, write_json
 from mslesion.calibration import fit_temperature
 from mslesion.config import TrainConfig, to_dict
+from mslesion.data.patches import read_lesion_index
 from mslesion.data.splits import (
     carve_validation,
     check_split,
@@ -33,7 +34,7 @@ from mslesion.data.splits import (
     patient_split,
     predefined_split,
 )
-from mslesion.data.task import Task, load_task
+from mslesion.data.task import ClassMap, Task, load_task
 from mslesion.errors import InputError
 from mslesion.inference import predict_logits
 from mslesion.metrics import roc_auc
@@ -69,8 +70,7 @@ def lr_at(epoch: int, cfg: TrainConfig) -> float:
 def resolve_split(task: Task, cfg: TrainConfig) -> dict[str, np.ndarray]:
     """Indices into the task for train / test (and val): a pure function of the data and the seed."""
     if cfg.cv_folds > 1:
-        folds = patient_folds(task.targets, task.patients, cfg.cv_folds, cfg.seed)
-        test = np.sort(folds[cfg.fold])
+        test = cv_test_lesions(task, cfg)
         split = {"train": np.setdiff1d(np.arange(len(task)), test), "test": test}
     elif cfg.split == "paper":
         split = paper_split(task.labels, cfg.train_fraction, cfg.seed)
@@ -87,6 +87,19 @@ def resolve_split(task: Task, cfg: TrainConfig) -> dict[str, np.ndarray]:
     if cfg.select != "last" and "val" not in split:
         raise InputError(f"--select {cfg.select} needs a validation set (--val-fraction, or a predefined 'val' split)")
     return split
+
+
+def cv_test_lesions(task: Task, cfg: TrainConfig) -> np.ndarray:
+    """The lesions of fold `cfg.fold`: folds of this task's lesions, or, with folds_from, the patients of that
+    class map's folds (computed on the whole file, so that two tasks on one file test the same patients)."""
+    if not cfg.folds_from:
+        return np.sort(patient_folds(task.targets, task.patients, cfg.cv_folds, cfg.seed)[cfg.fold])
+    labels, patients = read_lesion_index(task.source_path)
+    targets = ClassMap.parse(cfg.folds_from).targets(labels)
+    kept = targets >= 0
+    folds = patient_folds(targets[kept], patients[kept], cfg.cv_folds, cfg.seed)
+    tested = set(patients[kept][folds[cfg.fold]])
+    return np.flatnonzero([p in tested for p in task.patients])
 
 
 def oversampled(train: np.ndarray, targets: np.ndarray, oversample: tuple[int, ...]) -> np.ndarray:

@@ -260,3 +260,17 @@ def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
+
+
+def read_lesion_index(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """The label and patient of every row of a patch file (validated as read_patches does), reading no image."""
+    seen: dict[str, np.ndarray] = {}
+
+    def no_rows(labels: np.ndarray) -> np.ndarray:
+        seen["labels"] = labels
+        return np.zeros(len(labels), bool)
+
+    read_patches(path, labels_wanted=no_rows)
+    with h5py.File(path, "r") as f:
+        patients = np.asarray([_text(p) for p in f["patient"][:]], dtype=object)
+    return seen["labels"], patients
