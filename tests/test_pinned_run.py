@@ -60,7 +60,9 @@ def run_pinned(folder: Path) -> dict:
                     "--out", str(run), *TRAIN_ARGS], check=True, env=env, capture_output=True)
     state = torch.load(run / "model.pt", weights_only=True)["state_dict"]
     metrics = json.loads((run / "metrics.json").read_text())
-    metrics.pop("data")  # an absolute path in tmp
+    for key in ("data", "model", "model_sha256", "mslesion_version", "format_version", "synth_version",
+                "precision_used"):
+        metrics.pop(key, None)  # where the results came from (a tmp path, the version), not the results
     return {
         "fingerprint": subprocess.run([sys.executable, __file__, "--fingerprint"], check=True, env=env,
                                       capture_output=True, text=True).stdout.strip(),

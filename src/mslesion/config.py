@@ -158,6 +158,13 @@ class TrainConfig:
     folds_from: str = ""
     """With --cv: the class map whose lesions define the patient-grouped folds (default: this run's). The binary
     twin of a phenotype ablation uses the phenotype map, so that both models test the same patients per fold."""
+    init: str = ""
+    """Fine-tune from a trained model: a run folder or builtin:<name> (mslesion models). Its channels and patch
+    size must match; with other classes the last layer starts afresh."""
+    init_norm: str = "refit"
+    """With --init: refit the input normalisation (mean image, channel scales) on the new training data, so that
+    another scanner's intensities reach the starter's filters in the range they were trained on; keep: the
+    starter's (for very few lesions, whose mean image would be noise)."""
     split: str = "paper"
     """paper (per-class 70/30 over lesions), patient (grouped by patient) or predefined (the file's split)."""
     train_fraction: float = paper.TRAIN_FRACTION
@@ -208,6 +215,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         _choice("--task", self.task, TASKS)
         _choice("--class-weights", self.class_weights, CLASS_WEIGHTS)
+        _choice("--init-norm", self.init_norm, ("refit", "keep"))
         if self.task == "phenotype":
             _require(self.classes in (paper.PAPER_CLASSES, paper.PHENOTYPE_CLASSES),
                      "--task phenotype trains the six Table 1 codes: leave out --classes (or use --task binary "

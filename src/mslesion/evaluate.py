@@ -13,7 +13,17 @@ from mslesion.data.task import Task, load_task
 from mslesion.errors import InputError
 from mslesion.inference import predict_probabilities
 from mslesion.metrics import abstention_metrics, classification_metrics, phenotype_metrics
-from mslesion.runs import METRICS, PREDICTIONS, RUN_LOCK, SPLIT, load_trained, read_json, write_predictions
+from mslesion.runs import (
+    METRICS,
+    PREDICTIONS,
+    RUN_LOCK,
+    SPLIT,
+    load_trained,
+    model_provenance,
+    provenance,
+    read_json,
+    write_predictions,
+)
 from mslesion.runtime import parse_device
 
 
@@ -44,6 +54,8 @@ def evaluate(cfg: EvaluateConfig) -> dict:
         "data": str(data),
         "split": "test" if same_data else "all",
         "channels": list(trained.channels),
+        **provenance(), **model_provenance(run_dir), "synth_version": trained.synth_version,
+        "precision_used": "fp32",  # evaluation always runs in fp32: metrics must not depend on the machine
         **classification_metrics(task.targets[indices], probabilities, trained.class_map.names),
     }
     if trained.class_map.is_phenotype:

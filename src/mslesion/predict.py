@@ -49,6 +49,7 @@ from mslesion.runs import (
     TrainedModel,
     label_map_name,
     load_trained,
+    model_provenance,
     probability_map_name,
     provenance,
 )
@@ -292,7 +293,11 @@ def predict_patch_file(cfg: PredictConfig, path: Path, show_progress: bool = Tru
 
 
 def write_config(folder: Path, cfg: PredictConfig, trained: TrainedModel) -> None:
-    record = {**provenance(), "config": to_dict(cfg), "channels": list(trained.channels),
+    from mslesion.precision import resolve
+
+    record = {**provenance(), **model_provenance(cfg.run), "synth_version": trained.synth_version,
+              "precision_used": resolve(parse_device(cfg.device), cfg.precision, "inference"),
+              "config": to_dict(cfg), "channels": list(trained.channels),
               "classes": trained.class_map.spec(), "temperature": trained.temperature,
               "patch_size": trained.model.patch_size}
     folder.joinpath(PREDICT_CONFIG).write_text(json.dumps(record, indent=2) + "\n")

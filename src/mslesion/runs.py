@@ -156,8 +156,10 @@ def check_run_consistent(run_dir: Path, model: dict) -> None:
         raise InputError("model.pt's channels disagree with its own configuration", run_dir / MODEL)
 
 
-def model_metadata(model: LesionNet, cfg: TrainConfig, class_map: ClassMap, channels: tuple[str, ...]) -> dict:
+def model_metadata(model: LesionNet, cfg: TrainConfig, class_map: ClassMap, channels: tuple[str, ...],
+                   synth_version: int | None = None) -> dict:
     return {
+        "synth_version": synth_version,
         "format": "mslesion",
         **provenance(),
         "config": to_dict(cfg),
@@ -170,6 +172,55 @@ def model_metadata(model: LesionNet, cfg: TrainConfig, class_map: ClassMap, chan
     }
 
 
+# --- built-in starter models ------------------------------------------------------------------------------------
+
+BUILTIN_PREFIX = "builtin:"
+BUILTIN_INDEX = "index.json"
+
+
+def builtin_root() -> Path:
+    """The starter models shipped inside the package (mslesion/builtin/<name>/model.pt and index.json)."""
+    return Path(__file__).resolve().parent / "builtin"
+
+
+def builtin_models() -> list[dict]:
+    """The model cards of the shipped starter models (name, channels, task, training data, test figures)."""
+    index = builtin_root() / BUILTIN_INDEX
+    return json.loads(index.read_text())["models"] if index.exists() else []
+
+
+def model_folder(spec: str | Path) -> Path:
+    """The folder of a run given as a path or as builtin:<name>."""
+    text = str(spec)
+    if not text.startswith(BUILTIN_PREFIX):
+        return Path(spec)
+    name = text[len(BUILTIN_PREFIX):]
+    names = [m["name"] for m in builtin_models()]
+    if name not in names:
+        raise InputError(f"no built-in model {name!r}; available: {', '.join(names) or 'none'} (mslesion models)")
+    return builtin_root() / name
+
+
+def file_sha256(path: Path) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def model_provenance(spec: str | Path) -> dict[str, Any]:
+    """Which model made an output: the built-in's name and version, or the run folder and model.pt's sha256."""
+    folder = model_folder(spec)
+    record: dict[str, Any] = {"model": str(spec), "model_sha256": file_sha256(folder / MODEL)}
+    if str(spec).startswith(BUILTIN_PREFIX):
+        card = next(m for m in builtin_models() if m["name"] == folder.name)
+        record["builtin_version"] = card.get("version")
+    return record
+
+
 @dataclass
 class TrainedModel:
     model: LesionNet
@@ -178,11 +229,12 @@ class TrainedModel:
     channels: tuple[str, ...]
     temperature: float = 1.0
     ood: dict | None = None  # mslesion.ood statistics; None for models trained before version 0.4
+    synth_version: int | None = None  # the synthetic generator version of the training data, if synthetic
 
 
 def load_trained(run_dir: str | Path) -> TrainedModel:
-    """The finished model of a run folder, in eval mode on the CPU."""
-    run_dir = Path(run_dir)
+    """The finished model of a run folder (or builtin:<name>), in eval mode on the CPU."""
+    run_dir = model_folder(run_dir)
     if not run_dir.is_dir():
         raise InputError("run folder not found", run_dir)
     obj = load_torch(run_dir / MODEL)
@@ -199,7 +251,7 @@ def load_trained(run_dir: str | Path) -> TrainedModel:
                          run_dir / MODEL) from None
     model.eval()
     return TrainedModel(model, cfg, class_map, tuple(obj["channels"]), float(obj.get("temperature", 1.0)),
-                        obj.get("ood"))
+                        obj.get("ood"), obj.get("synth_version"))
 
 
 def read_json(path: Path) -> Any:

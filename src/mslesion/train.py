@@ -49,9 +49,12 @@ from mslesion.runs import (
     MODEL,
     RUN_LOCK,
     SPLIT,
+    TrainedModel,
     changed_settings,
     load_torch,
+    load_trained,
     model_metadata,
+    model_provenance,
     save_torch,
     staging_folder,
     write_run_config,
@@ -312,6 +315,8 @@ def train(cfg: TrainConfig, resume: bool = False, show_progress: bool = True, ta
     check_folder_output(out, overwrite or resume, " (or --resume to continue an interrupted run)")
     task = (task or load_task(cfg.data, tuple(cfg.channels), cfg.classes)).check_trainable()
     resolve_split(task, cfg)  # a split the data cannot give fails before anything is written
+    if cfg.init:
+        init_source(cfg, task)  # so does a starter model that does not fit
     tune_for(device)
     ctx, device = distributed.setup(device)
     created = not out.exists()
@@ -379,6 +384,8 @@ def start_training(cfg: TrainConfig, task: Task, run_dir: Path, device: torch.de
     model.mean_image.copy_(mean_image)
     if cfg.input_norm == "zscore":
         model.input_scale.copy_(input_scale)
+    if cfg.init and checkpoint is None:
+        start_from(model, cfg, task)
     model.to(device).channels_last()
     optimizer = build_optimizer(model, cfg)
     state = TrainingState(cfg, task, split, model, model, optimizer, images, targets, items, device,
@@ -398,6 +405,34 @@ def start_training(cfg: TrainConfig, task: Task, run_dir: Path, device: torch.de
     log.info("train %d patches (%d after oversampling), %d per epoch, test %d, precision %s",
              len(split["train"]), len(items), state.per_epoch, len(split["test"]), state.dtype or torch.float32)
     return state
+
+
+def start_from(model: LesionNet, cfg: TrainConfig, task: Task) -> None:
+    """Copy a starter model's weights (--init): all of them, or all but the classifier when the classes differ.
+
+    The input normalisation is the one just estimated on this data (init_norm refit) or the starter's (keep)."""
+    source = init_source(cfg, task)
+    state = source.model.state_dict()
+    if cfg.init_norm == "refit":
+        state = {k: v for k, v in state.items() if k not in ("mean_image", "input_scale")}
+    if source.class_map.codes != task.class_map.codes:
+        state = {k: v for k, v in state.items() if not k.startswith("classifier.")}
+        log.info("--init %s: other classes (%s), the classifier starts afresh", cfg.init, source.class_map.spec())
+    missing = model.load_state_dict(state, strict=False).missing_keys
+    log.info("--init %s: %d tensors copied, %d fresh (%s normalisation)", cfg.init, len(state), len(missing),
+             cfg.init_norm)
+
+
+def init_source(cfg: TrainConfig, task: Task) -> TrainedModel:
+    """The --init model, checked against this run's channels and patch size."""
+    source = load_trained(cfg.init)
+    patch_size = task.images.shape[-1]
+    if source.channels != task.channels:
+        raise InputError(f"--init {cfg.init} was trained on channels {','.join(source.channels)}, this run uses "
+                         f"{','.join(task.channels)}: they must match (same channels in the same order)")
+    if source.model.patch_size != patch_size:
+        raise InputError(f"--init {cfg.init} takes {source.model.patch_size}³ patches, the data has {patch_size}³")
+    return source
 
 
 def training_precision(cfg: TrainConfig, device: torch.device, checkpoint: dict | None) -> str:
@@ -466,7 +501,11 @@ def finish(state: TrainingState) -> None:
         temperature = fit_temperature(logits, val_targets)
         log.info("temperature %.3f fitted on %d validation lesions", temperature, len(val_targets))
     ood = out_of_distribution_stats(state)
-    save_torch({**model_metadata(model, cfg, state.task.class_map, state.task.channels), "temperature": temperature,
+    meta = model_metadata(model, cfg, state.task.class_map, state.task.channels, state.task.synth_version)
+    meta["training_precision"] = "bf16" if state.dtype is not None else "fp32"
+    if cfg.init:
+        meta["init"] = model_provenance(cfg.init)
+    save_torch({**meta, "temperature": temperature,
                 "ood": ood,
                 "selected_epoch": best["record"]["epoch"] if best else cfg.epochs,
                 "state_dict": {k: v.cpu() for k, v in model.state_dict().items()}}, state.run_dir / MODEL)

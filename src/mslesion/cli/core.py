@@ -72,6 +72,8 @@ def train_command(
     classes: Annotated[str, option(TrainConfig, "classes")] = TRAIN.classes,
     task: Annotated[str, option(TrainConfig, "task")] = TRAIN.task,
     class_weights: Annotated[str, option(TrainConfig, "class_weights")] = TRAIN.class_weights,
+    init: Annotated[str, option(TrainConfig, "init")] = TRAIN.init,
+    init_norm: Annotated[str, option(TrainConfig, "init_norm")] = TRAIN.init_norm,
     split: Annotated[str, option(TrainConfig, "split")] = TRAIN.split,
     train_fraction: Annotated[float, option(TrainConfig, "train_fraction")] = TRAIN.train_fraction,
     augment: Annotated[str, option(TrainConfig, "augment")] = TRAIN.augment,
@@ -103,7 +105,7 @@ def train_command(
 
     cfg = TrainConfig(
         data=str(data.resolve()), out=str(out), channels=parse_channels(channels), classes=classes, task=task,
-        class_weights=class_weights, split=split,
+        class_weights=class_weights, init=init, init_norm=init_norm, split=split,
         train_fraction=train_fraction, augment=augment, input_norm=input_norm, epochs=epochs, batch_size=batch_size,
         lr=lr, lr_milestones=parse_ints(lr_milestones, "--lr-milestones"),
         oversample=parse_ints(oversample, "--oversample"),
@@ -142,3 +144,19 @@ def demo_command(
     from mslesion.demo import run_demo
 
     run_demo(DemoConfig(out=str(out), full=full, device=device, seed=seed), console=console)
+
+
+@app.command("models")
+def models_command() -> None:
+    """List the built-in starter models (use one as `predict builtin:<name>` or `train --init builtin:<name>`)."""
+    from rich.table import Table
+
+    from mslesion.runs import builtin_models
+
+    table = Table(title="Built-in starter models: trained on simulated data only, never validated on real QSM")
+    for column in ("name", "channels", "task", "classes", "trained on", "test figures"):
+        table.add_column(column)
+    for card in builtin_models():
+        table.add_row(card["name"], card["channels"], card["task"], card["classes"], card["training_data"],
+                      card["test"])
+    console.print(table)

@@ -131,6 +131,7 @@ class Task:
     split: np.ndarray | None
     source_path: str
     volumes: np.ndarray | None = None  # float [N] mm³: the file's volume_mm3, else the mask channel's voxels
+    synth_version: int | None = None  # the synthetic generator's version when the file is synthetic
 
     def __len__(self) -> int:
         return len(self.targets)
@@ -171,6 +172,7 @@ def load_task(path: str | Path, channels: tuple[str, ...], class_map: ClassMap |
             raise InputError(f"class '{name}' (codes {list(class_map.codes[index])}) has no samples", path)
     return Task(
         volumes=lesion_volumes(patches, path, in_task),
+        synth_version=int(patches.attrs["synth_version"]) if "synth_version" in patches.attrs else None,
         images=patches.images,
         targets=targets,
         labels=patches.labels,
