@@ -29,4 +29,4 @@ def export_command(
     console.print(f"wrote {result['out']} ({result['bytes'] / 1e6:.1f} MB; input [N, {len(result['channels'])}, "
                   f"{result['patch_size']}, {result['patch_size']}, {result['patch_size']}] "
                   f"{','.join(result['channels'])} → probabilities {','.join(result['classes'])}, temperature "
-                  f"{result['temperature']:.3f}); {check}")
+                  f"{result['temperature']:.3f}); {check}", soft_wrap=True)
