@@ -126,3 +126,33 @@ def test_an_existing_file_is_kept_without_overwrite(trained_run, tmp_path, monke
     code, text = run_cli(["export", trained_run, "--out", target], monkeypatch, capsys)
     assert code == 2 and str(target) in text
     assert target.read_bytes() == b"earlier"
+
+
+def test_the_readme_recipe_without_mslesion_reproduces_predict(tmp_path, monkeypatch, capsys):
+    """docs/run_onnx.py (shown verbatim in the README) cuts the patches itself, with nibabel, numpy and scipy, and
+    runs the exported graph: its probabilities are predict's (fp32) for every lesion of an LPI-stored subject."""
+    import subprocess
+
+    from test_extract import write_subject
+    from test_predict import make_run
+
+    recipe = Path(__file__).resolve().parents[1] / "docs" / "run_onnx.py"
+    readme = (recipe.parents[1] / "README.md").read_text()
+    assert recipe.read_text().split('"""\n\n', 1)[1] in readme, "the README shows docs/run_onnx.py as it is"
+
+    run = make_run(tmp_path / "run", temperature=1.3)
+    s = write_subject(tmp_path / "s", "sub-1")
+    model_path = tmp_path / "model.onnx"
+    assert run_cli(["export", run, "--out", model_path], monkeypatch, capsys)[0] == 0
+    code, text = run_cli(["predict", run, "--mask", s.mask, "--flair", s.flair, "--qsm", s.qsm, "--out",
+                          tmp_path / "pred", "--precision", "fp32", "--quiet"], monkeypatch, capsys)
+    assert code == 0, text
+    expected = {int(r["lesion"]): (float(r["p_remyelinating"]), float(r["p_demyelinating"]))
+                for r in csv.DictReader((tmp_path / "pred" / "sub-1" / "lesions.csv").open())}
+    result = subprocess.run([sys.executable, str(recipe), str(model_path), str(s.mask), f"flair={s.flair}",
+                             f"qsm={s.qsm}"], capture_output=True, text=True, check=True)
+    got = {int(r["lesion"]): (float(r["p_remyelinating"]), float(r["p_demyelinating"]))
+           for r in csv.DictReader(result.stdout.splitlines())}
+    assert sorted(got) == sorted(expected) and len(got) == 3
+    assert max(abs(a - b) for lesion in got for a, b in zip(got[lesion], expected[lesion], strict=True)) <= TOLERANCE
+    assert len({round(p[0], 4) for p in got.values()}) == 3  # three different lesions, three different answers
