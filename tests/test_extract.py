@@ -411,3 +411,98 @@ def test_split_confluent_finds_the_parts_of_synthetic_confluent_lesions(split_sy
 def test_split_confluent_recovers_nine_parts_in_ten(split_synthetic_subjects):
     parts, recovered, _, _ = split_synthetic_subjects
     assert recovered >= 0.9 * parts
+
+
+def fill_in(template: Path, filled: Path, codes: dict[tuple[str, int, int], str]) -> list[dict]:
+    """What a rater does: the template's rows with the label column filled in (blank where codes has none)."""
+    rows = list(csv.DictReader(template.open()))
+    for row in rows:
+        row["label"] = codes.get((row["subject"], int(row["lesion"]), int(row["part"])), "")
+    with filled.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return rows
+
+
+def test_the_labels_template_filled_in_labels_the_next_extraction(tmp_path, monkeypatch, capsys):
+    """extract writes NAME_labels_template.csv; filled in (one row left blank) and given back with --labels, every
+    subject's lesions carry the rater's codes, the blank one 0 (unlabelled)."""
+    for name in ("sub-1", "sub-2"):
+        write_subject(tmp_path / "bids" / name / "anat", name, lesions=LESIONS if name == "sub-1" else LESIONS[:2])
+    for path in (tmp_path / "bids").rglob("*phenotype*"):
+        path.unlink()  # unlabelled scans: the reason for a template
+    first = tmp_path / "first" / "patches.h5"
+    code, text = run_cli(["extract", tmp_path / "bids", "--out", first, "--patch-size", "23", "--quiet"], monkeypatch,
+                         capsys)
+    assert code == 0, text
+    template = first.with_name("patches_labels_template.csv")
+    assert "patches_labels_template.csv" in text
+    lesions = list(csv.DictReader(sidecar_paths(first)[0].open()))
+    rows = list(csv.DictReader(template.open()))
+    assert list(rows[0]) == ["subject", "lesion", "part", "x_mm", "y_mm", "z_mm", "centre_i", "centre_j", "centre_k",
+                             "volume_mm3", "label"]
+    assert [r["label"] for r in rows] == [""] * 5
+    for row, lesion in zip(rows, lesions, strict=True):  # the same lesions, the same centres in mm and volumes
+        assert all(row[k] == lesion[k] for k in ("subject", "lesion", "part", "x_mm", "z_mm", "volume_mm3"))
+
+    keys = [(r["subject"], int(r["lesion"]), int(r["part"])) for r in rows]
+    codes = dict(zip(keys, ["5", "2", "6", "3"], strict=False))  # the fifth lesion left blank
+    fill_in(template, tmp_path / "filled.csv", codes)
+    second = tmp_path / "second" / "patches.h5"
+    code, text = run_cli(["extract", tmp_path / "bids", "--labels", tmp_path / "filled.csv", "--out", second,
+                          "--patch-size", "23", "--quiet"], monkeypatch, capsys)
+    assert code == 0, text
+    patches = read_patches(second)
+    got = {(str(p), int(lesion)): int(label) for p, lesion, label in zip(patches.patients, patches.lesions,
+                                                                         patches.labels, strict=True)}
+    assert got == {(s, lesion): int(codes.get((s, lesion, part), 0)) for s, lesion, part in keys}
+    assert sorted(got.values()) == [0, 2, 3, 5, 6]
+
+
+def test_a_template_of_split_parts_labels_each_part(tmp_path, monkeypatch, capsys):
+    subject = write_subject(tmp_path / "s", "sub-1", lesions=confluent_lesions(2, 5))
+    args = ["--mask", subject.mask, "--flair", subject.flair, "--patch-size", "23", "--split-confluent", "--quiet"]
+    first = tmp_path / "a" / "p.h5"
+    assert run_cli(["extract", *args, "--out", first], monkeypatch, capsys)[0] == 0
+    rows = list(csv.DictReader(first.with_name("p_labels_template.csv").open()))
+    union = [(r["subject"], int(r["lesion"]), int(r["part"])) for r in rows if int(r["part"]) > 0]
+    assert len(union) == 2
+    codes = {union[0]: "6", union[1]: "3"}
+    fill_in(first.with_name("p_labels_template.csv"), tmp_path / "filled.csv", codes)
+    labelled = Subject(subject.id, subject.mask, subject.flair, None, tmp_path / "filled.csv")
+    result = extract_subject(labelled, cfg(tmp_path, patch_size=23, split_confluent=True), ("flair", "mask"))
+    by_part = {(int(lesion), int(part)): int(c) for lesion, part, c in zip(result.lesion_ids, result.parts,
+                                                                           result.labels, strict=True)}
+    assert {by_part[key[1:]] for key in union} == {6, 3} and sorted(by_part.values()) == [0, 3, 6]
+    # read back without splitting, the union has no part 1 or 2: one line naming the labels file
+    with pytest.raises(InputError, match="--split-confluent") as info:
+        extract_subject(labelled, cfg(tmp_path, patch_size=23), ("flair", "mask"))
+    assert info.value.path == str(tmp_path / "filled.csv")
+
+
+@pytest.mark.parametrize(("table", "problem"), [
+    ("subject,lesion,label\nsub-1,1,x\n", "must be integers"),
+    ("subject,lesion,label\nsub-1,1,-2\n", "≥ 0"),
+    ("subject,lesion,label\nsub-1,1,2\nsub-1,1,3\n", "labelled twice"),
+    ("subject,id,label\nsub-1,1,2\n", "lesion,label"),
+])
+def test_bad_labels_tables_end_in_one_line(tmp_path, table, problem):
+    from mslesion.data.extract import read_lesion_labels
+
+    path = tmp_path / "labels.csv"
+    path.write_text(table)
+    with pytest.raises(InputError, match=problem) as info:
+        read_lesion_labels(path, "sub-1")
+    assert info.value.path == str(path)
+
+
+def test_labels_for_other_subjects_only_leave_a_note(tmp_path):
+    from mslesion.data.extract import read_lesion_labels
+
+    path = tmp_path / "labels.csv"
+    path.write_text("subject,lesion,part,label\nsub-2,1,0,2\n")
+    notes: list[str] = []
+    assert read_lesion_labels(path, "sub-1", notes) == {}
+    assert notes and "sub-1" in notes[0]
+    assert read_lesion_labels(path, "sub-2", notes) == {(1, 0): 2}

@@ -350,3 +350,39 @@ def test_round_trip_on_hand_made_subjects(tmp_path, monkeypatch, capsys):
     accuracy = float((guesses == targets).mean())
     print(f"held-out accuracy {accuracy:.2f} on {len(rows)} lesions")
     assert len(rows) == 16 and accuracy >= 0.8
+
+
+def test_tta_progress_is_reported_per_batch_of_lesions(tmp_path, monkeypatch, capsys):
+    """A subject's TTA passes advance a bar batch by batch (a 65-lesion subject once sat at 'subjects 0/1' for
+    88 s); without a terminal each finished bar is one plain line."""
+    from mslesion.inference import predict_probabilities
+
+    model = LesionNet(2, 2, PATCH).eval()
+    calls: list[int] = []
+    images = np.random.default_rng(0).normal(size=(5, 2, PATCH, PATCH, PATCH)).astype(np.float32)
+    with_bar, _ = predict_probabilities(model, images, batch_size=16, tta=True, progress=calls.append)
+    assert calls == [16] * 15 and sum(calls) == 5 * 48  # 240 passes in batches of 16
+    without, _ = predict_probabilities(model, images, batch_size=16, tta=True)
+    np.testing.assert_array_equal(with_bar, without)
+
+    run = make_run(tmp_path / "run", channels=("flair", "mask"))
+    s = write_subject(tmp_path / "s", "sub-1")
+    code, text = run_cli(["predict", run, "--mask", s.mask, "--flair", s.flair, "--out", tmp_path / "p", "--tta"],
+                         monkeypatch, capsys)
+    assert code == 0, text
+    lines = text.splitlines()
+    assert any(line.startswith("sub-1: 3 lesions × 48 symmetries: 144/144 in ") for line in lines), text
+    assert any(line.startswith("subjects: 1/1 in ") for line in lines), text
+
+
+def test_predict_and_train_share_the_precision_default():
+    import inspect
+
+    from mslesion.cli.core import train_command
+    from mslesion.cli.scans import predict_command
+    from mslesion.config import PredictConfig
+
+    assert TrainConfig().precision == PredictConfig().precision == "auto"
+    defaults = {inspect.signature(command).parameters["precision"].default
+                for command in (train_command, predict_command)}
+    assert defaults == {"auto"}

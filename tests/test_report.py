@@ -131,3 +131,23 @@ def test_saliency_is_the_input_gradient_of_the_predicted_logit() -> None:
     (gradient,) = torch.autograd.grad(logits[0, logits.argmax()], x)
     assert saliency.shape == (23, 23, 23)
     np.testing.assert_allclose(saliency, gradient[0].abs().amax(0).numpy(), rtol=1e-5)
+
+
+def test_report_shows_its_progress_over_the_sections(tmp_path: Path, capsys) -> None:
+    """The report of a run takes seconds to minutes (montage and saliency load the patch file and the model):
+    a bar over its sections; without a terminal, one plain line."""
+    import re
+
+    from test_train import toy_config
+
+    from mslesion.config import EvaluateConfig
+    from mslesion.evaluate import evaluate
+    from mslesion.train import train
+
+    run = train(toy_config(tmp_path, "run", epochs=1), show_progress=False)
+    evaluate(EvaluateConfig(run=str(run)))
+    capsys.readouterr()
+    write_report(ReportConfig(folder=str(run), out=str(tmp_path / "r.html")))
+    assert re.fullmatch(r"report sections: 9/9 in [\d.]+ s\n", capsys.readouterr().out)
+    write_report(ReportConfig(folder=str(run), out=str(tmp_path / "q.html")), show_progress=False)
+    assert capsys.readouterr().out == ""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -206,3 +207,25 @@ def test_resume_accepts_a_checkpoint_older_than_a_setting(tmp_path: Path, monkey
     assert (Path(train(cfg, resume=True, show_progress=False)) / "model.pt").exists()
     with pytest.raises(InputError, match="val_every"):
         train(toy_config(tmp_path, "old", epochs=2, val_every=3), resume=True, show_progress=False)
+
+
+@pytest.mark.parametrize("hours_away", [True, False])
+def test_one_plain_line_per_epoch_and_a_warning_when_training_will_take_hours(tmp_path, capsys, monkeypatch,
+                                                                             hours_away):
+    """Output to a file (not a terminal): one flushed line per epoch. The first steps are timed and the rest of the
+    protocol extrapolated: past LONG_TRAINING_S, one warning line on stderr (set to 0 s here to stand for hours)."""
+    if hours_away:
+        monkeypatch.setattr(train_module, "LONG_TRAINING_S", 0.0)
+    train(toy_config(tmp_path, "plain", epochs=2, batch_size=8), show_progress=True)  # ≥ 6 steps per epoch
+    captured = capsys.readouterr()
+    lines = captured.out.splitlines()
+    assert len(lines) == 2
+    for epoch, line in enumerate(lines, start=1):
+        assert re.fullmatch(rf"epoch {epoch}/2: \d+/\d+ in [\d.]+ s  loss [\d.]+  acc [\d.]+", line), line
+    warnings = [line for line in captured.err.splitlines() if line.startswith("warning:")]
+    if hours_away:
+        assert len(warnings) == 1 and captured.err.count("\n") == 1
+        assert re.search(r"samples/s .* will take about [\d.]+ h; quicker: .*fewer --epochs", warnings[0])
+        assert warnings[0] in (tmp_path / "plain" / "train.log").read_text()
+    else:
+        assert warnings == []

@@ -388,6 +388,19 @@ class ReportConfig:
         _require(1 <= self.examples <= 12, f"--examples must be in [1, 12], got {self.examples}")
 
 
+@dataclass(frozen=True)
+class ExportConfig:
+    """`mslesion export`: a run's model as one ONNX graph (normalisation, net, calibrated softmax)."""
+
+    run: str = ""
+    """Run folder written by `mslesion train`."""
+    out: str = "model.onnx"
+    """ONNX file to write (atomically); channels, classes, patch size and temperature go in its metadata."""
+
+    def __post_init__(self) -> None:
+        _require(bool(self.out), "--out is empty")
+
+
 # --- the synthetic cohort ----------------------------------------------------------------------------------------
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
 
@@ -22,8 +24,10 @@ def predict_logits(
 
 
 @torch.no_grad()
-def _logits_of_pairs(model, images, idx, ks, batch_size, device, precision) -> torch.Tensor:
-    """Logits of images[idx[i]] in symmetry ks[i], batched; the model runs in its fast layout."""
+def _logits_of_pairs(model, images, idx, ks, batch_size, device, precision,
+                     progress: Callable[[int], None] | None = None) -> torch.Tensor:
+    """Logits of images[idx[i]] in symmetry ks[i], batched; the model runs in its fast layout. progress(n) is called
+    after each batch of n passes."""
     device = torch.device(device)
     model.eval().to(device)
     if hasattr(model, "channels_last"):
@@ -37,6 +41,8 @@ def _logits_of_pairs(model, images, idx, ks, batch_size, device, precision) -> t
         batch = images[i] if bool((k == 0).all()) else gather_augmented(images, i, k)
         with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
             out.append(model(batch.to(device, non_blocking=True)).float().cpu())
+        if progress is not None:
+            progress(len(i))
     n_classes = getattr(model, "n_classes", 2)
     return torch.cat(out) if out else torch.empty(0, n_classes)
 
@@ -44,17 +50,20 @@ def _logits_of_pairs(model, images, idx, ks, batch_size, device, precision) -> t
 def predict_probabilities(
     model: torch.nn.Module, images: torch.Tensor | np.ndarray, batch_size: int = 256,
     device: str | torch.device = "cpu", tta: bool = False, temperature: float = 1.0, precision: str = "fp32",
+    progress: Callable[[int], None] | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None]:
-    """Class probabilities [N, K]; with tta, the mean over the 48 cube symmetries and their spread (std)."""
+    """Class probabilities [N, K]; with tta, the mean over the 48 cube symmetries and their spread (std).
+    progress(n) is called after each batch of n forward passes (N passes in all, 48·N with tta)."""
     images = torch.as_tensor(images)
     if not tta:
-        logits = predict_logits(model, images, batch_size, device, 0, precision)
+        logits = _logits_of_pairs(model, images, torch.arange(len(images)), torch.zeros(len(images), dtype=torch.long),
+                                  batch_size, device, precision, progress)
         return torch.softmax(logits / temperature, dim=1).numpy(), None
     # all 48·N (symmetry, lesion) pairs in full batches, not 48 passes of N: small subjects fill batches too
     n = len(images)
     ks = torch.arange(N_SYMMETRIES).repeat_interleave(n)
     idx = torch.arange(n).repeat(N_SYMMETRIES)
-    logits = _logits_of_pairs(model, images, idx, ks, batch_size, device, precision)
+    logits = _logits_of_pairs(model, images, idx, ks, batch_size, device, precision, progress)
     per_symmetry = torch.softmax(logits / temperature, dim=1).view(N_SYMMETRIES, n, -1)
     return per_symmetry.mean(0).numpy(), per_symmetry.std(0).numpy()
 

@@ -23,6 +23,7 @@ from mslesion.config import ReportConfig, to_dict
 from mslesion.errors import InputError
 from mslesion.inference import input_saliency
 from mslesion.metrics import abstention_metrics, classification_metrics, coverage_accuracy_curve
+from mslesion.progress import progress_bar
 from mslesion.runs import (
     ABLATION_CONFIG,
     ABLATION_PNG,
@@ -83,7 +84,7 @@ def gather_evidence(run_dirs: list[Path]) -> Evidence:
                       for k in ("index", "targets", "probabilities", "patients")), parts[0].names)
 
 
-def write_report(cfg: ReportConfig, overwrite: bool = False) -> Path:
+def write_report(cfg: ReportConfig, overwrite: bool = False, show_progress: bool = True) -> Path:
     check_file_output(cfg.out, overwrite)
     folder = Path(cfg.folder)
     if not folder.is_dir():
@@ -100,7 +101,8 @@ def write_report(cfg: ReportConfig, overwrite: bool = False) -> Path:
             raise InputError("neither a run folder (model.pt, predictions.csv) nor an ablation folder", folder)
         run_dirs, title = [folder], f"Run {folder.name}"
     evidence = gather_evidence(run_dirs)
-    sections = build_sections(cfg, folder, ablation, evidence)
+    with progress_bar(show_progress) as bars:
+        sections = build_sections(cfg, folder, ablation, evidence, bars)
     text = render(title, sections)
     out = Path(cfg.out)
     with atomic_path(out) as tmp:
@@ -115,30 +117,40 @@ def png_tag(figure, alt: str) -> str:
     return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
 
 
-def build_sections(cfg: ReportConfig, folder: Path, ablation, ev: Evidence) -> dict[str, str]:
-    """HTML body of each section, keyed by SECTIONS."""
+def build_sections(cfg: ReportConfig, folder: Path, ablation, ev: Evidence, bars=None) -> dict[str, str]:
+    """HTML body of each section, keyed by SECTIONS; with bars, a bar over them (the lesion montage and saliency
+    load the patch file and the models: seconds to minutes)."""
     from mslesion import report_figures as figures
 
     metrics = classification_metrics(ev.targets, ev.probabilities, ev.names)
     abstention = abstention_metrics(ev.targets, ev.probabilities, cfg.abstain) if cfg.abstain > 0 else None
     histories = [read_json(d / HISTORY) if (d / HISTORY).exists() else [] for d in ev.run_dirs]
-    return {
-        "summary": summary_html(metrics, abstention, ev),
-        "ablation": ablation_html(folder) if ablation is not None else "",
-        "learning-curves": png_tag(figures.learning_curves_figure(histories, [d.name for d in ev.run_dirs]),
-                                   "learning curves"),
-        "confusion-matrix": png_tag(figures.confusion_figure(np.asarray(metrics["confusion_matrix"]), ev.names),
-                                    "confusion matrix"),
-        "roc": png_tag(figures.roc_figure(ev.targets, ev.probabilities, ev.names), "ROC curve"),
-        "reliability": png_tag(figures.reliability_figure(ev.targets, ev.probabilities), "reliability diagram")
+    builders = {
+        "summary": lambda: summary_html(metrics, abstention, ev),
+        "ablation": lambda: ablation_html(folder) if ablation is not None else "",
+        "learning-curves": lambda: png_tag(figures.learning_curves_figure(histories, [d.name for d in ev.run_dirs]),
+                                           "learning curves"),
+        "confusion-matrix": lambda: png_tag(figures.confusion_figure(np.asarray(metrics["confusion_matrix"]),
+                                                                     ev.names), "confusion matrix"),
+        "roc": lambda: png_tag(figures.roc_figure(ev.targets, ev.probabilities, ev.names), "ROC curve"),
+        "reliability": lambda: png_tag(figures.reliability_figure(ev.targets, ev.probabilities),
+                                       "reliability diagram")
         + f"<p>Probabilities after temperature scaling (T = {temperatures_text(ev)}).</p>",
-        "abstention": png_tag(figures.coverage_figure(coverage_accuracy_curve(ev.targets, ev.probabilities),
-                                                      abstention), "coverage versus accuracy")
+        "abstention": lambda: png_tag(figures.coverage_figure(coverage_accuracy_curve(ev.targets, ev.probabilities),
+                                                              abstention), "coverage versus accuracy")
         + abstention_table(ev),
-        **lesion_sections(cfg, ev),
-        "configuration": configuration_html(folder, ev)
+        "lesions": lambda: lesion_sections(cfg, ev),  # montage and saliency
+        "configuration": lambda: configuration_html(folder, ev)
         + f"<h3>report</h3><pre>{html.escape(json.dumps(to_dict(cfg), indent=2))}</pre>",
     }
+    bar = bars.task("report sections", total=len(builders)) if bars is not None else None
+    sections: dict[str, str] = {}
+    for name, build in builders.items():
+        body = build()
+        sections.update(body if isinstance(body, dict) else {name: body})
+        if bar is not None:
+            bar.advance()
+    return sections
 
 
 def temperatures_text(ev: Evidence) -> str:

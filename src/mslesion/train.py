@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import logging
 import shutil
+import sys
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -41,7 +42,7 @@ from mslesion.metrics import roc_auc
 from mslesion.model import LesionNet, set_population_batchnorm
 from mslesion.ood import fit_ood
 from mslesion.precision import resolve
-from mslesion.progress import progress_bar
+from mslesion.progress import Forecast, progress_bar
 from mslesion.runs import (
     CHECKPOINT,
     HISTORY,
@@ -63,6 +64,8 @@ from mslesion.runtime import autocast_dtype, parse_device, set_threads, tune_for
 from mslesion.transforms import N_SYMMETRIES, apply_symmetry, gather_augmented
 
 log = logging.getLogger("mslesion.train")
+# `train` warns (it does not stop) when the protocol, timed on its first steps, will take longer than this here
+LONG_TRAINING_S = 3600.0
 
 
 def lr_at(epoch: int, cfg: TrainConfig) -> float:
@@ -451,12 +454,32 @@ def run_epochs(state: TrainingState, show_progress: bool) -> None:
                 group["lr"] = lr_at(epoch, cfg)
             started = time.perf_counter()
             bar = bars.task(f"epoch {epoch}/{cfg.epochs}", total=state.per_epoch)
+            if epoch == state.first_epoch and state.ctx.is_main:
+                remaining = state.per_epoch * (cfg.epochs - epoch + 1)
+                bar = Forecast(bar, remaining, lambda seconds, rate: warn_if_long(state, seconds, rate))
             stats = train_epoch(state, epoch_plan(state.items, cfg.augment, epoch, cfg.seed), bar)
+            bar.finish()
             seconds = time.perf_counter() - started
             record = {"epoch": epoch, "lr": lr_at(epoch, cfg), **stats, "seconds": seconds,
                       "samples_per_s": stats["samples"] / seconds}
             if state.ctx.is_main:  # the other ranks only train; rank 0 validates and writes
                 end_epoch(state, record)
+
+
+def warn_if_long(state: TrainingState, seconds: float, samples_per_s: float) -> None:
+    """One line on stderr (and in train.log) when the rest of the training will take hours at the measured speed:
+    the paper's protocol (48 symmetries × 15 epochs) is meant for a GPU, and on a CPU it is easy to start by mistake."""
+    if seconds < LONG_TRAINING_S:
+        return
+    cfg = state.cfg
+    quicker = [*(["--augment random (48× fewer samples per epoch)"] if cfg.augment == "full" else []),
+               "fewer --epochs", *(["a GPU (--device cuda)"] if state.device.type == "cpu" else [])]
+    line = (f"warning: at the {samples_per_s:.0f} samples/s of its first steps on {state.device}, this training "
+            f"({cfg.epochs} epochs × {state.per_epoch:,} samples) will take about {seconds / 3600:.1f} h; quicker: "
+            f"{', '.join(quicker)}")
+    log.warning(line)
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()
 
 
 def end_epoch(state: TrainingState, record: dict) -> None:

@@ -24,7 +24,7 @@ import traceback
 
 import typer
 
-from mslesion.cli import core, experiments, imports, scans  # noqa: F401  (register the commands)
+from mslesion.cli import core, deploy, experiments, imports, scans  # noqa: F401  (register the commands)
 from mslesion.cli.app import app
 from mslesion.errors import InputError
 

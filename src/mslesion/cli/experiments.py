@@ -77,11 +77,13 @@ def report_command(
     abstain: Annotated[float, option(ReportConfig, "abstain")] = REPORT.abstain,
     examples: Annotated[int, option(ReportConfig, "examples")] = REPORT.examples,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing report file.")] = False,
+    quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
 ) -> None:
     """Write a self-contained HTML report: curves, confusion matrix, ROC, calibration, lesions, saliency."""
     from mslesion.report import write_report
 
-    path = write_report(ReportConfig(folder=str(folder), out=str(out), abstain=abstain, examples=examples), overwrite)
+    path = write_report(ReportConfig(folder=str(folder), out=str(out), abstain=abstain, examples=examples), overwrite,
+                        show_progress=not quiet)
     console.print(f"wrote {path}")
 
 

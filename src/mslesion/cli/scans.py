@@ -47,9 +47,13 @@ def _print_notes(subject: str, notes: list[str]) -> None:
 def extract_command(
     source: Annotated[Path | None, typer.Argument(help=SOURCE_HELP)] = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="Patch file to write (HDF5); NAME_lesions.csv (one row "
-                                                          "per lesion) and NAME_extract.json go beside it.")] = Path(
+                                                          "per lesion), NAME_labels_template.csv (for a rater) and "
+                                                          "NAME_extract.json go beside it.")] = Path(
         EXTRACT.out),
     flair: Flair = None, qsm: Qsm = None, mask: Mask = None, phenotype: Phenotype = None, subject: SubjectId = None,
+    labels: Annotated[Path | None, typer.Option(
+        help="One labels CSV for every subject: a filled-in NAME_labels_template.csv (subject,lesion,part,label; "
+             "an empty label = unlabelled).")] = None,
     channels: Annotated[str, typer.Option(help="Channels to extract, e.g. flair,qsm,mask (default: those every "
                                                "subject has).")] = "",
     patch_size: Annotated[int, option(ExtractConfig, "patch_size")] = EXTRACT.patch_size,
@@ -60,13 +64,15 @@ def extract_command(
 ) -> None:
     """Cut one patch per lesion out of NIfTI subjects into a patch file (the format `train` reads)."""
     from mslesion.config import parse_channels
-    from mslesion.data.extract import errors_path, run_extract, sidecar_paths
-    from mslesion.data.subjects import discover
+    from mslesion.data.extract import errors_path, labels_template_path, run_extract, sidecar_paths
+    from mslesion.data.subjects import discover, with_labels
 
     cfg = ExtractConfig(out=str(out), channels=parse_channels(channels) if channels else (), patch_size=patch_size,
                         finding=lesion_finding(min_volume, connectivity, instances, resample, voxel_size,
                                                split_confluent))
     subjects = discover(source, mask, flair, qsm, phenotype, subject)
+    if labels is not None:
+        subjects = with_labels(subjects, labels)
     results, failures = run_extract(subjects, cfg, not quiet, overwrite, continue_on_error)
     for result in results:
         _print_notes(result.subject, result.notes)
@@ -77,7 +83,8 @@ def extract_command(
     if not total:
         console.print(f"no lesions found: wrote the (empty) lesion table {csv_path}, no patch file")
     else:
-        console.print(f"wrote {total} lesion patches of {len(results)} subject(s) to {out}; per lesion: {csv_path}")
+        console.print(f"wrote {total} lesion patches of {len(results)} subject(s) to {out}; per lesion: {csv_path}; "
+                      f"for a rater to label: {labels_template_path(out)}", soft_wrap=True)  # paths stay whole
     report_failures(failures, len(results) + len(failures), errors_path(out))
 
 

@@ -34,6 +34,9 @@ from mslesion.progress import progress_bar
 
 LESION_COLUMNS = ("subject", "lesion", "part", "voxels", "volume_mm3", "centre_i", "centre_j", "centre_k",
                   "x_mm", "y_mm", "z_mm", "label", "flags")
+# The table a rater fills in (one row per lesion, `label` empty) and gives back as the labels CSV (--labels)
+LABELS_TEMPLATE_COLUMNS = ("subject", "lesion", "part", "x_mm", "y_mm", "z_mm", "centre_i", "centre_j", "centre_k",
+                           "volume_mm3", "label")
 # Per-lesion warnings, in the `flags` column (names joined by ';'). The patch stays centred on the lesion.
 LARGER_THAN_PATCH = "larger_than_patch"  # part of the lesion lies outside its patch
 TOUCHES_EDGE = "touches_edge"  # the lesion touches the volume's border: it may continue outside the scan
@@ -89,13 +92,13 @@ def extract_subject(subject: Subject, cfg: ExtractConfig, channels: tuple[str, .
     paths = {role: subject.image(role) for role in ("flair", "qsm") if role in channels}
     paths["mask"] = subject.mask
     labels_csv = None
+    notes: list[str] = []
     if subject.phenotype is not None and subject.phenotype.suffix.lower() == ".csv":
-        labels_csv = read_lesion_labels(subject.phenotype)
+        labels_csv = read_lesion_labels(subject.phenotype, subject.id, notes)
     elif subject.phenotype is not None:
         paths["phenotype"] = subject.phenotype
     reference = next(r for r in ("qsm", "flair", "mask") if r in paths)
     grid, arrays = load_aligned(paths, reference, cfg.finding.resample, cfg.finding.target_voxel_size)
-    notes: list[str] = []
     components = lesion_components(arrays["mask"], cfg.finding, subject.mask, notes)
     if labels_csv is not None:
         check_csv_ids(labels_csv, components, subject)
@@ -103,6 +106,8 @@ def extract_subject(subject: Subject, cfg: ExtractConfig, channels: tuple[str, .
     check_patch_fits(cfg.patch_size, grid.shape, subject.mask)
     images = {c: normalised(c, arrays[c], components > 0, notes, subject.image(c)) for c in channels if c != "mask"}
     lesions = lesion_map(components, ids, grid, cfg.finding.split_confluent)
+    if labels_csv is not None:
+        check_csv_parts(labels_csv, lesions, subject)
     objects = ndimage.find_objects(lesions.map)
     boxes = [objects[i - 1] for i in lesions.map_ids]
     centres = np.array([lesion_centre(lesions.map, box, i, grid) for box, i in zip(boxes, lesions.map_ids,
@@ -235,16 +240,27 @@ def crop_patch(volume: np.ndarray, centre: np.ndarray, size: int) -> np.ndarray:
     return out
 
 
-def check_csv_ids(labels_csv: dict[int, int], components: np.ndarray, subject: Subject) -> None:
+def check_csv_ids(labels_csv: dict[tuple[int, int], int], components: np.ndarray, subject: Subject) -> None:
     """A `lesion,label` CSV names components (the ids of the extract CSV): every id must exist."""
-    missing = sorted(set(labels_csv) - set(np.unique(components).tolist()))
+    missing = sorted({lesion for lesion, _ in labels_csv} - set(np.unique(components).tolist()))
     if missing:
         raise InputError(f"lesion ids {missing[:5]} are not in the lesion mask {subject.mask.name}", subject.phenotype)
 
 
+def check_csv_parts(labels_csv: dict[tuple[int, int], int], lesions: LesionMap, subject: Subject) -> None:
+    """A row for part N > 0 labels one lesion of a split union: this extraction must have cut that part (a
+    template written with --split-confluent is read back with --split-confluent)."""
+    cut = set(zip(lesions.lesion_ids.tolist(), lesions.parts.tolist(), strict=True))
+    unknown = sorted(key for key in labels_csv if key[1] > 0 and key not in cut)
+    if unknown:
+        shown = ", ".join(f"lesion {lesion} part {part}" for lesion, part in unknown[:3])
+        raise InputError(f"{shown}: no such part in this extraction (labels written with --split-confluent are "
+                         "read back with --split-confluent)", subject.phenotype)
+
+
 def lesion_labels(
     lesions: LesionMap, boxes: list[tuple[slice, ...]], phenotype: np.ndarray | None,
-    labels_csv: dict[int, int] | None, subject: Subject, mixed_is_unclassified: bool = True,
+    labels_csv: dict[tuple[int, int], int] | None, subject: Subject, mixed_is_unclassified: bool = True,
 ) -> np.ndarray:
     """Table 1 code per lesion: the phenotype code inside it, or its component's CSV label; 0 = unknown.
 
@@ -252,8 +268,9 @@ def lesion_labels(
     includes lesions "formed by multiple lesions from classes 2 to 6 merging together", so an unsplit confluent
     union of different types is not given the type of its largest part. A split part takes its majority code
     (a watershed boundary need not follow the phenotype map's to the voxel)."""
-    if labels_csv is not None:
-        return np.array([labels_csv.get(int(i), 0) for i in lesions.lesion_ids], dtype=np.int64)
+    if labels_csv is not None:  # a part's own row, else its component's (part 0: the whole union)
+        return np.array([labels_csv.get((int(i), int(part)), labels_csv.get((int(i), 0), 0))
+                         for i, part in zip(lesions.lesion_ids, lesions.parts, strict=True)], dtype=np.int64)
     if phenotype is None:
         return np.zeros(len(lesions.map_ids), np.int64)
     if phenotype.min() < 0 or not np.array_equal(phenotype, np.round(phenotype)):
@@ -276,20 +293,44 @@ def lesion_code(values: np.ndarray, mixed_is_unclassified: bool = True) -> int:
     return int(np.argmax(counts))
 
 
-def read_lesion_labels(path: Path) -> dict[int, int]:
-    """A `lesion,label` CSV (lesion id as in the mask or the extract CSV, label a Table 1 code)."""
+def read_lesion_labels(path: Path, subject: str | None = None, notes: list[str] | None = None,
+                       ) -> dict[tuple[int, int], int]:
+    """A labels CSV: {(lesion id, part): Table 1 code}. Columns lesion,label (lesion id as in the mask or the extract
+    CSV); optional `part` (a lesion of a union split by --split-confluent; 0 or absent = the whole component) and
+    `subject` (the rows of other subjects are skipped, so one filled-in labels template serves every subject). An
+    empty label is a lesion the rater left unlabelled (0); other columns (centres, volumes) are ignored."""
     if not path.exists():
         raise InputError("file not found", path)
-    with path.open(newline="") as f:
-        reader = csv.DictReader(f)
-        if reader.fieldnames is None or not {"lesion", "label"} <= {h.strip() for h in reader.fieldnames}:
-            raise InputError("a lesion label CSV needs the columns lesion,label", path)
-        labels = {}
-        for line, row in enumerate(reader, start=2):
-            try:
-                labels[int(row["lesion"])] = int(row["label"])
-            except (TypeError, ValueError):
-                raise InputError(f"line {line}: lesion and label must be integers", path) from None
+    try:
+        with path.open(newline="") as f:
+            reader = csv.DictReader(f)
+            rows = list(reader)
+            fields = {h.strip() for h in reader.fieldnames or ()}
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise InputError(f"not a readable CSV ({exc})", path) from None
+    if not {"lesion", "label"} <= fields:
+        raise InputError("a lesion label CSV needs the columns lesion,label", path)
+    by_subject = subject is not None and "subject" in fields
+    labels: dict[tuple[int, int], int] = {}
+    matched = False
+    for line, row in enumerate(rows, start=2):
+        row = {(k or "").strip(): (v or "").strip() if isinstance(v, str) else "" for k, v in row.items()}
+        if by_subject and row["subject"] != subject:
+            continue
+        matched = True
+        if not row["label"]:
+            continue
+        try:
+            key, code = (int(row["lesion"]), int(row.get("part") or 0)), int(row["label"])
+        except ValueError:
+            raise InputError(f"line {line}: lesion, part and label must be integers", path) from None
+        if code < 0 or key[1] < 0:
+            raise InputError(f"line {line}: part and label must be ≥ 0 (label: a Table 1 code, 0 = unknown)", path)
+        if labels.get(key, code) != code:
+            raise InputError(f"line {line}: lesion {key[0]} part {key[1]} is labelled twice, differently", path)
+        labels[key] = code
+    if by_subject and not matched and notes is not None:
+        notes.append(f"labels: {path.name} has no row for {subject}; its lesions are unlabelled")
     return labels
 
 
@@ -336,6 +377,11 @@ def sidecar_paths(out: Path) -> tuple[Path, Path]:
     return out.with_name(f"{out.stem}_lesions.csv"), out.with_name(f"{out.stem}_extract.json")
 
 
+def labels_template_path(out: Path) -> Path:
+    """NAME_labels_template.csv: the lesions of the extraction with an empty label column, for a rater."""
+    return out.with_name(f"{out.stem}_labels_template.csv")
+
+
 def errors_path(out: Path) -> Path:
     """With --continue-on-error: the subjects that failed and why (NAME_errors.csv)."""
     return out.with_name(f"{out.stem}_errors.csv")
@@ -343,7 +389,7 @@ def errors_path(out: Path) -> Path:
 
 def check_outputs(out: Path, overwrite: bool) -> None:
     """The patch file and its companions are new, or replaced together with --overwrite."""
-    for path in (out, *sidecar_paths(out), errors_path(out)):
+    for path in (out, *sidecar_paths(out), labels_template_path(out), errors_path(out)):
         check_file_output(path, overwrite)
 
 
@@ -392,8 +438,11 @@ def write_extraction(out: Path, results: list[SubjectLesions], cfg: ExtractConfi
     record = {"mslesion_version": __version__, "config": to_dict(cfg), "channels": list(channels),
               "normalisation": NORMALISATION, "failed_subjects": failures or [],
               "subjects": {r.subject: {"lesions": len(r), "notes": r.notes} for r in results}}
-    with atomic_path(csv_path) as tmp_csv, atomic_path(json_path) as tmp_json:
+    template = [{**{k: row[k] for k in LABELS_TEMPLATE_COLUMNS}, "label": ""} for row in rows]
+    with atomic_path(csv_path) as tmp_csv, atomic_path(json_path) as tmp_json, \
+            atomic_path(labels_template_path(out)) as tmp_template:
         tmp_csv.write_text(csv_text(rows, LESION_COLUMNS))
+        tmp_template.write_text(csv_text(template, LABELS_TEMPLATE_COLUMNS))
         tmp_json.write_text(json.dumps(record, indent=2) + "\n")
         if len(patches):  # an HDF5 file of zero patches would only fail later, in train
             write_patches(out, patches)

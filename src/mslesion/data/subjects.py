@@ -10,6 +10,7 @@ BIDS-style names (searched anywhere under the folder, `derivatives/` included):
 from __future__ import annotations
 
 import csv
+import dataclasses
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -163,3 +164,16 @@ def discover(
     if mask is None:
         raise InputError("no input: give a BIDS-style folder, a CSV manifest, or --mask (with --flair/--qsm)")
     return from_paths(mask, flair, qsm, phenotype, subject)
+
+
+def with_labels(subjects: list[Subject], labels: Path) -> list[Subject]:
+    """Every subject labelled by one labels CSV (a filled-in NAME_labels_template.csv; rows name their subject)."""
+    if not labels.is_file():
+        raise InputError("labels file not found", labels)
+    if labels.suffix.lower() != ".csv":
+        raise InputError("--labels expects a CSV (subject,lesion,part,label; e.g. a filled-in labels template)", labels)
+    for subject in subjects:
+        if subject.phenotype is not None:
+            raise InputError(f"subject {subject.id} already has labels ({subject.phenotype}); give labels either "
+                             "with --labels or per subject, not both", labels)
+    return [dataclasses.replace(subject, phenotype=labels) for subject in subjects]
