@@ -75,7 +75,7 @@ def ablate(cfg: AblationConfig, show_progress: bool = True, console=None, shard:
         return collect_results(cfg, runs)
     mine = shard_of(runs, shard)
     wanted = tuple(dict.fromkeys(c for run in mine for c in run.channels))
-    full_task = load_task(cfg.data, wanted, cfg.train.classes).check_trainable()  # fails before any output
+    full_task = load_task(cfg.data, wanted, cfg.train.classes, cfg.train.in_memory).check_trainable()  # fails early
     write_ablation_config(Path(cfg.out), cfg)
     started = time.perf_counter()
     with grid_progress(show_progress, console) as progress:
@@ -147,7 +147,7 @@ def train_and_evaluate_run(run: TrainConfig, task: Task) -> str:
     if not (run_dir / MODEL).exists():
         status = "resumed" if (run_dir / CHECKPOINT).exists() else "trained"
         train(run, resume=True, show_progress=False, task=task)  # resume=True also starts fresh runs
-    evaluate(EvaluateConfig(run=str(run_dir), device=run.device))
+    evaluate(EvaluateConfig(run=str(run_dir), device=run.device, in_memory=run.in_memory))
     return status
 
 

@@ -49,7 +49,7 @@ from mslesion.runtime import parse_device, set_threads
 UNCERTAIN = "uncertain"
 
 
-def classify(trained: TrainedModel, images: np.ndarray, cfg: PredictConfig) -> tuple[np.ndarray, np.ndarray | None]:
+def classify(trained: TrainedModel, images, cfg: PredictConfig) -> tuple[np.ndarray, np.ndarray | None]:
     from mslesion.inference import predict_probabilities
 
     return predict_probabilities(trained.model, images, cfg.batch_size, parse_device(cfg.device), tta=cfg.tta,
@@ -193,7 +193,7 @@ def predict_patch_file(cfg: PredictConfig, path: Path, show_progress: bool = Tru
 
     check_folder_output(cfg.out, overwrite)
     trained = _load(cfg)
-    patches = read_patches(path, trained.channels)
+    patches = read_patches(path, trained.channels, in_memory=cfg.in_memory)
     if patches.patch_shape != (trained.model.patch_size,) * 3:
         raise InputError(f"patches are {patches.patch_shape} but the model of {cfg.run} expects "
                          f"{trained.model.patch_size}³", path)

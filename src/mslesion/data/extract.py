@@ -396,7 +396,7 @@ def write_extraction(out: Path, results: list[SubjectLesions], cfg: ExtractConfi
         tmp_csv.write_text(csv_text(rows, LESION_COLUMNS))
         tmp_json.write_text(json.dumps(record, indent=2) + "\n")
         if len(patches):  # an HDF5 file of zero patches would only fail later, in train
-            write_patches(out, patches)
+            write_patches(out, patches, float16=cfg.float16)
         else:  # an earlier patch file must not stand beside the new, empty table
             out.unlink(missing_ok=True)
         if failures:
