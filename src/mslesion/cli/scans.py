@@ -57,6 +57,8 @@ def extract_command(
     instances: Instances = FINDING.instances, resample: Resample = FINDING.resample,
     voxel_size: VoxelSize = joined(FINDING.voxel_size_mm), split_confluent: SplitConfluent = FINDING.split_confluent,
     float16: Annotated[bool, option(ExtractConfig, "float16")] = EXTRACT.float16,
+    jobs: Annotated[int, typer.Option(help="Subjects extracted in parallel processes; the output is the same for "
+                                           "any number.")] = 1,
     overwrite: Overwrite = False, continue_on_error: ContinueOnError = False, quiet: Quiet = False,
 ) -> None:
     """Cut one patch per lesion out of NIfTI subjects into a patch file (the format `train` reads)."""
@@ -68,7 +70,7 @@ def extract_command(
                         finding=lesion_finding(min_volume, connectivity, instances, resample, voxel_size,
                                                split_confluent), float16=float16)
     subjects = discover(source, mask, flair, qsm, phenotype, subject)
-    results, failures = run_extract(subjects, cfg, not quiet, overwrite, continue_on_error)
+    results, failures = run_extract(subjects, cfg, not quiet, overwrite, continue_on_error, jobs)
     for result in results:
         _print_notes(result.subject, result.notes)
         if not len(result):
