@@ -15,12 +15,20 @@ process a contender runs one untimed call (kernel selection, first-touch of its 
 ones.
 Accuracy: both paths train the same short protocol on the same synthetic data and are evaluated on the same
 test split, so that speed is never bought with a worse model.
+
+Peaks: in the same run, `torch.matmul` of 2048² matrices in fp32 and bf16 (best of `--gemm-reps` after a warm-up,
+same threads) gives the machine's GEMM peaks; the net's FLOPs per sample are counted from its actual convolution
+and linear layers (forward hooks on a 3-channel patch of `--patch` voxels; a training step is 3 × forward minus
+the first convolution's input gradient, which nothing needs). The table shows each throughput as GFLOP/s and as
+a share of both peaks, beside the CPU model and its ISA flags (/proc/cpuinfo).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import platform
 import statistics
 import subprocess
 import sys
@@ -82,7 +90,8 @@ def our_train_step(batch_size: int, precision: str):
     def step() -> None:
         epoch[0] += 1  # a fresh shuffled (patch, symmetry) plan each time, cut to one batch
         items, ks = train_module.epoch_plan(np.arange(256), "full", epoch[0], seed=0)
-        train_module.train_epoch(state, (items[:batch_size], ks[:batch_size]))
+        window = train_module.EpochWindow(np.unique(items[:batch_size].numpy()), items[:batch_size], ks[:batch_size])
+        train_module.train_epoch(state, [window])
 
     return step
 
@@ -196,6 +205,112 @@ def accuracy(epochs: int, folder: Path, seed: int) -> dict[str, dict[str, float]
     return results
 
 
+ISA_FLAGS = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16", "avx512_fp16",
+             "avx_vnni", "amx_tile", "amx_bf16", "amx_int8", "asimd", "sve", "sve2", "bf16", "i8mm")
+
+
+def cpu_description() -> dict[str, object]:
+    """CPU model and the ISA flags that decide the kernels oneDNN can use (x86 and Arm names)."""
+    model, flags = platform.processor() or platform.machine(), set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() in ("model name", "Model") and model in ("", platform.machine(), platform.processor()):
+                model = value.strip()
+            if key.strip() in ("flags", "Features"):
+                flags |= set(value.split())
+    except OSError:
+        pass
+    return {"model": model, "logical_cpus": os.cpu_count(), "isa": [f for f in ISA_FLAGS if f in flags]}
+
+
+def gemm_peak(dtype: torch.dtype, reps: int, size: int = 2048, budget_s: float = 20.0) -> float:
+    """GFLOP/s of torch.matmul of two size² matrices: the best of up to `reps` timed calls after one warm-up.
+
+    Where the precision has no native kernel (bf16 on a CPU without AVX512-BF16 or AMX: ~0.3 GFLOP/s measured on
+    this project's AVX2 machine) one call takes about a minute: the reps stop once `budget_s` is spent, and a
+    warm-up longer than that is itself the measurement."""
+    generator = torch.Generator().manual_seed(0)
+    a = torch.randn(size, size, generator=generator).to(dtype)
+    b = torch.randn(size, size, generator=generator).to(dtype)
+    started = time.perf_counter()
+    torch.matmul(a, b)
+    best = spent = time.perf_counter() - started
+    if spent < budget_s:
+        best = float("inf")
+        for _ in range(reps):
+            started = time.perf_counter()
+            torch.matmul(a, b)
+            seconds = time.perf_counter() - started
+            best, spent = min(best, seconds), spent + seconds
+            if spent > budget_s:
+                break
+    return 2 * size**3 / best / 1e9
+
+
+def net_flops(channels: int = 3, patch: int = 35) -> dict[str, float]:
+    """FLOPs per sample of the paper's net, from its layers' real shapes: 2 per multiply-add.
+
+    Forward: every Conv3d (output voxels × out channels × in channels × kernel volume) and Linear. Training step:
+    forward + weight gradients (as many multiply-adds again) + input gradients (again, except for the first
+    convolution, whose input is the data)."""
+    model = LesionNet(channels, 2, patch, fused=False)
+    macs: list[tuple[str, int]] = []
+
+    def count(module: torch.nn.Module, inputs, output) -> None:
+        if isinstance(module, torch.nn.Conv3d):
+            per_output = module.in_channels // module.groups * int(np.prod(module.kernel_size))
+            macs.append(("conv", output[0].numel() * per_output))
+        elif isinstance(module, torch.nn.Linear):
+            macs.append(("linear", module.in_features * module.out_features))
+
+    layers = [m for m in model.modules() if isinstance(m, torch.nn.Conv3d | torch.nn.Linear)]
+    hooks = [layer.register_forward_hook(count) for layer in layers]
+    with torch.no_grad():
+        model.eval()(torch.zeros(1, channels, patch, patch, patch))
+    for hook in hooks:
+        hook.remove()
+    forward = 2 * sum(m for _, m in macs)
+    first_input_gradient = 2 * macs[0][1]
+    return {"forward_gflop": forward / 1e9, "train_step_gflop": (3 * forward - first_input_gradient) / 1e9,
+            "conv_mmac": [m / 1e6 for kind, m in macs if kind == "conv"]}
+
+
+def speed_table(results: dict) -> str:
+    """The human-readable summary: samples/s, ratio to naive, GFLOP/s and its share of both GEMM peaks."""
+    peaks, flops, cpu = results["gemm_peak_gflops"], results["flops"], results["cpu"]
+    lines = [f"CPU: {cpu['model']} ({cpu['logical_cpus']} logical CPUs, {results['threads']} threads used); "
+             f"ISA: {' '.join(cpu['isa']) or 'none of the listed'}",
+             f"GEMM peak (torch.matmul 2048², best of {results['gemm_reps']}): fp32 {peaks['fp32']:.0f} GFLOP/s, "
+             f"bf16 {peaks['bf16']:.0f} GFLOP/s",
+             f"FLOP model (from the net's layers, 3 × 35³): forward {flops['forward_gflop']:.2f} GFLOP/sample, "
+             f"training step {flops['train_step_gflop']:.2f} GFLOP/sample "
+             f"(convolutions {' + '.join(f'{m:.0f}' for m in flops['conv_mmac'])} M multiply-adds)",
+             f"batch {results['batch_size']}, median of {results['rounds']} rounds × {results['steps']} steps; "
+             f"`--precision auto` resolves to {results['auto_precision']} here",
+             "",
+             "| what | samples/s | ratio to naive | GFLOP/s | % of fp32 peak | % of bf16 peak |",
+             "|---|---:|---:|---:|---:|---:|"]
+    sections = (("train", "training step", "naive fp32", flops["train_step_gflop"]),
+                ("inference", "inference", "naive fp32 inference", flops["forward_gflop"]))
+    for key, label, naive, gflop in sections:
+        for name, rate in results.get(key, {}).items():
+            if name.startswith("ratio"):
+                continue
+            ratio = rate / results[key][naive]
+            gflops = rate * gflop
+            lines.append(f"| {label}: {name} | {rate:.1f} | {ratio:.1f}× | {gflops:.0f} | "
+                         f"{gflops / peaks['fp32']:.0%} | {gflops / peaks['bf16']:.0%} |")
+    if "tta_subject_seconds" in results:
+        floor = 2400 * flops["forward_gflop"] / peaks["bf16"]
+        for precision, seconds in results["tta_subject_seconds"].items():
+            gflops = 2400 * flops["forward_gflop"] / seconds
+            lines.append(f"| one subject, 50 lesions × 48 TTA, {precision}: {seconds:.1f} s (bf16 peak: {floor:.1f} s) "
+                         f"| {2400 / seconds:.1f} | | {gflops:.0f} | {gflops / peaks['fp32']:.0%} | "
+                         f"{gflops / peaks['bf16']:.0%} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch-size", type=int, default=128)
@@ -205,6 +320,7 @@ def main() -> None:
     parser.add_argument("--accuracy-epochs", type=int, default=6)
     parser.add_argument("--seed", type=int, default=0, help="training seed of the accuracy comparison")
     parser.add_argument("--parts", default="train,inference,tta,accuracy", help="comma-separated subset to run")
+    parser.add_argument("--gemm-reps", type=int, default=5, help="timed 2048² matmuls per precision for the peaks")
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument("--worker", choices=sorted(CONTENDERS), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -216,7 +332,12 @@ def main() -> None:
     precision = "auto"
     print(f"torch {torch.__version__}, {args.threads} threads, batch {b}, autocast on CPU: "
           f"{resolve(torch.device('cpu'), precision, 'training')}", flush=True)
-    results: dict = {"batch_size": b, "threads": args.threads, "rounds": args.rounds, "steps": args.steps}
+    results: dict = {"batch_size": b, "threads": args.threads, "rounds": args.rounds, "steps": args.steps,
+                     "gemm_reps": args.gemm_reps, "cpu": cpu_description(), "flops": net_flops(),
+                     "auto_precision": resolve(torch.device("cpu"), precision, "training")}
+    print("GEMM peaks (torch.matmul 2048²)...", flush=True)
+    results["gemm_peak_gflops"] = {"fp32": gemm_peak(torch.float32, args.gemm_reps),
+                                   "bf16": gemm_peak(torch.bfloat16, args.gemm_reps)}
 
     parts = set(args.parts.split(","))
     if "train" in parts:
@@ -239,6 +360,8 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as folder:
             results["accuracy"] = accuracy(args.accuracy_epochs, Path(folder), args.seed)
     print(json.dumps(results, indent=2))
+    print()
+    print(speed_table(results))
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
 

@@ -293,6 +293,49 @@ def test_cli_subject_without_lesions_is_not_an_error(tmp_path, monkeypatch, caps
     assert (tmp_path / "e_lesions.csv").read_text().count("\n") == 1  # header only
 
 
+def _subjects_with_a_bad_one(tmp_path: Path) -> list[Subject]:
+    """Five subjects with different lesions; the third has a FLAIR that is not an image."""
+    layouts = [LESIONS, LESIONS[:2], LESIONS, LESIONS[1:], (((16, 16, 16), 3, 2),)]
+    subjects = [write_subject(tmp_path / f"s{i}", f"sub-{i}", lesions=layout, seed=i)
+                for i, layout in enumerate(layouts)]
+    subjects[2].flair.write_text("not an image")
+    return subjects
+
+
+def _outputs(out: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(out.parent.iterdir())}
+
+
+def test_jobs_give_the_same_files_as_one_process(tmp_path):
+    subjects = _subjects_with_a_bad_one(tmp_path)
+    outputs = {}
+    config = ExtractConfig(out=str(tmp_path / "out" / "patches.h5"), patch_size=23)  # recorded in the files
+    for jobs in (1, 2):
+        results, failures = run_extract(subjects, config, show_progress=False, overwrite=True, continue_on_error=True,
+                                        jobs=jobs)
+        assert [r.subject for r in results] == ["sub-0", "sub-1", "sub-3", "sub-4"]
+        assert [f["subject"] for f in failures] == ["sub-2"]
+        outputs[jobs] = _outputs(Path(config.out))
+    assert set(outputs[1]) == {"patches.h5", "patches_lesions.csv", "patches_extract.json", "patches_errors.csv"}
+    assert outputs[1] == outputs[2]  # byte for byte
+    assert len(read_patches(config.out)) == 3 + 2 + 2 + 1
+
+
+def test_jobs_stop_at_the_first_bad_subject_in_order_and_write_nothing(tmp_path):
+    subjects = _subjects_with_a_bad_one(tmp_path)
+    subjects[4].qsm.write_text("not an image either")  # a later failure, which a worker may meet first
+    messages = []
+    for jobs in (1, 3):
+        config = ExtractConfig(out=str(tmp_path / f"out{jobs}" / "patches.h5"), patch_size=23)
+        with pytest.raises(InputError) as error:
+            run_extract(subjects, config, show_progress=False, jobs=jobs)
+        messages.append((str(error.value), error.value.path))
+        assert not Path(config.out).parent.exists() or not any(Path(config.out).parent.iterdir())
+    assert messages[0] == messages[1] and "sub-2_FLAIR" in messages[0][0]
+    with pytest.raises(InputError, match="--jobs"):
+        run_extract(subjects, ExtractConfig(out=str(tmp_path / "o" / "p.h5")), show_progress=False, jobs=0)
+
+
 def _bad_inputs(tmp_path: Path) -> dict[str, tuple[list, str, str]]:
     """name → (extra CLI args, file the message must name, words it must contain)."""
     s = write_subject(tmp_path / "s", "sub-1")

@@ -92,7 +92,7 @@ def ablate(cfg: AblationConfig, show_progress: bool = True, console=None, shard:
         return collect_results(cfg, runs)
     mine = shard_of(runs, shard)
     wanted = tuple(dict.fromkeys(c for run in mine for c in run.channels))
-    tasks = {classes: load_task(cfg.data, wanted, classes).check_trainable()  # fails before any output
+    tasks = {classes: load_task(cfg.data, wanted, classes, cfg.train.in_memory).check_trainable()  # fails early
              for classes in dict.fromkeys(run.classes for run in mine)}
     write_ablation_config(Path(cfg.out), cfg)
     started = time.perf_counter()
@@ -166,7 +166,7 @@ def train_and_evaluate_run(run: TrainConfig, task: Task) -> str:
     if not (run_dir / MODEL).exists():
         status = "resumed" if (run_dir / CHECKPOINT).exists() else "trained"
         train(run, resume=True, show_progress=False, task=task)  # resume=True also starts fresh runs
-    evaluate(EvaluateConfig(run=str(run_dir), device=run.device))
+    evaluate(EvaluateConfig(run=str(run_dir), device=run.device, in_memory=run.in_memory))
     return status
 
 

@@ -15,3 +15,6 @@ class InputError(Exception):
         self.path = None if path is None else str(path)
         self.problem = problem
         super().__init__(f"{self.path}: {problem}" if self.path else problem)
+
+    def __reduce__(self):  # keep problem and path apart across processes (extract --jobs)
+        return (self.__class__, (self.problem, self.path))

@@ -44,11 +44,12 @@ def evaluate(cfg: EvaluateConfig) -> dict:
     trained = load_trained(run_dir)
     data = cfg.data or trained.config.data
     same_data = not cfg.data or Path(cfg.data).resolve() == Path(trained.config.data).resolve()
-    task = load_task(data, trained.channels, trained.class_map)
+    task = load_task(data, trained.channels, trained.class_map, cfg.in_memory)
     if task.images.shape[2:] != (trained.model.patch_size,) * 3:
         raise InputError(f"patches are {task.images.shape[2:]}, the model expects {trained.model.patch_size}³", data)
     indices = test_indices(run_dir, task, same_data)
-    probabilities, _ = predict_probabilities(trained.model, task.images[indices], cfg.batch_size, device,
+    images = task.images[indices] if isinstance(task.images, np.ndarray) else task.images.subset(indices)
+    probabilities, _ = predict_probabilities(trained.model, images, cfg.batch_size, device,
                                              temperature=trained.temperature)
     metrics = {
         "data": str(data),

@@ -7,6 +7,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
+from mslesion.data.patches import PatchReader
 from mslesion.precision import resolve
 from mslesion.runtime import autocast_dtype, keep_freed_memory
 from mslesion.transforms import N_SYMMETRIES, gather_augmented
@@ -14,13 +15,26 @@ from mslesion.transforms import N_SYMMETRIES, gather_augmented
 
 @torch.no_grad()
 def predict_logits(
-    model: torch.nn.Module, images: torch.Tensor | np.ndarray, batch_size: int = 256,
+    model: torch.nn.Module, images: torch.Tensor | np.ndarray | PatchReader, batch_size: int = 256,
     device: str | torch.device = "cpu", symmetry: int = 0, precision: str = "fp32",
 ) -> torch.Tensor:
-    """Logits [N, n_classes] (fp32, on CPU) for images [N, C, D, H, W], optionally in cube symmetry k."""
-    images = torch.as_tensor(images)
+    """Logits [N, n_classes] (fp32, on CPU) for images [N, C, D, H, W], optionally in cube symmetry k.
+
+    `images` may be a PatchReader (a file larger than memory): each batch is then read as it is needed."""
+    images = as_patch_source(images)
     ks = torch.full((len(images),), symmetry, dtype=torch.long)
     return _logits_of_pairs(model, images, torch.arange(len(images)), ks, batch_size, device, precision)
+
+
+def as_patch_source(images: torch.Tensor | np.ndarray | PatchReader) -> torch.Tensor | PatchReader:
+    return images if isinstance(images, PatchReader) else torch.as_tensor(images)
+
+
+def _batch(images: torch.Tensor | PatchReader, idx: torch.Tensor, ks: torch.Tensor) -> torch.Tensor:
+    """images[idx[i]] in symmetry ks[i]; a reader's rows are read first (the same values as in memory)."""
+    if isinstance(images, PatchReader):
+        images, idx = torch.from_numpy(images.read(idx.numpy())), torch.arange(len(idx))
+    return images[idx] if bool((ks == 0).all()) else gather_augmented(images, idx, ks)
 
 
 @torch.no_grad()
@@ -38,7 +52,7 @@ def _logits_of_pairs(model, images, idx, ks, batch_size, device, precision,
     out = []
     for start in range(0, len(idx), batch_size):
         i, k = idx[start:start + batch_size], ks[start:start + batch_size]
-        batch = images[i] if bool((k == 0).all()) else gather_augmented(images, i, k)
+        batch = _batch(images, i, k)
         with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
             out.append(model(batch.to(device, non_blocking=True)).float().cpu())
         if progress is not None:
@@ -48,13 +62,13 @@ def _logits_of_pairs(model, images, idx, ks, batch_size, device, precision,
 
 
 def predict_probabilities(
-    model: torch.nn.Module, images: torch.Tensor | np.ndarray, batch_size: int = 256,
+    model: torch.nn.Module, images: torch.Tensor | np.ndarray | PatchReader, batch_size: int = 256,
     device: str | torch.device = "cpu", tta: bool = False, temperature: float = 1.0, precision: str = "fp32",
     progress: Callable[[int], None] | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Class probabilities [N, K]; with tta, the mean over the 48 cube symmetries and their spread (std).
     progress(n) is called after each batch of n forward passes (N passes in all, 48·N with tta)."""
-    images = torch.as_tensor(images)
+    images = as_patch_source(images)
     if not tta:
         logits = _logits_of_pairs(model, images, torch.arange(len(images)), torch.zeros(len(images), dtype=torch.long),
                                   batch_size, device, precision, progress)

@@ -22,6 +22,7 @@ import torch
 FEATURE_COMPONENTS = 32
 FEATURE_PASS = 0.95
 INTENSITY_QUANTILES = (0.001, 0.999)
+INTENSITY_PATCHES = 1024
 OUTSIDE_FRACTION = 0.05
 VOLUME_PERCENTILES = (1.0, 99.0)
 BINARY_CHANNELS = ("mask",)  # 0/1 by construction: no intensity range to leave
@@ -33,17 +34,26 @@ def intensity_flag(channel: str) -> str:
 
 
 @torch.no_grad()
-def embeddings(model: torch.nn.Module, images: torch.Tensor | np.ndarray, batch_size: int = 64,
-               device: torch.device | str = "cpu") -> np.ndarray:
-    """Penultimate features [N, F] in fp32 (the flags must not depend on the machine's precision choice)."""
-    images = torch.as_tensor(images)
+def embeddings(model: torch.nn.Module, images, batch_size: int = 64, device: torch.device | str = "cpu") -> np.ndarray:
+    """Penultimate features [N, F] in fp32 (the flags must not depend on the machine's precision choice).
+    `images`: a tensor, an array or a PatchReader (read batch by batch)."""
     model.eval().to(device)
-    out = [model.embed(images[s:s + batch_size].to(device)).float().cpu() for s in range(0, len(images), batch_size)]
+    out = [model.embed(torch.as_tensor(images[s:s + batch_size]).to(device)).float().cpu()
+           for s in range(0, len(images), batch_size)]
     return torch.cat(out).numpy().astype(np.float64) if out else np.zeros((0, 1))
 
 
-def fit_ood(model: torch.nn.Module, train_images: torch.Tensor, train_targets: np.ndarray,
-            val_images: torch.Tensor | None, train_volumes: np.ndarray | None, channels: tuple[str, ...],
+def sample_patches(images, n: int, seed: int) -> np.ndarray:
+    """Up to n patches drawn without replacement (seeded), as an array: enough for robust intensity ranges
+    without reading a streamed file whole."""
+    rows = np.sort(np.random.default_rng(seed).permutation(len(images))[:n])
+    if isinstance(images, torch.Tensor):
+        return images[torch.as_tensor(rows)].cpu().numpy()
+    return np.asarray(images[rows])
+
+
+def fit_ood(model: torch.nn.Module, train_images, train_targets: np.ndarray,
+            val_images, train_volumes: np.ndarray | None, channels: tuple[str, ...],
             device: torch.device | str = "cpu", seed: int = 0) -> dict:
     """The statistics `ood_flags` needs, as plain tensors and numbers (stored in model.pt)."""
     from sklearn.covariance import LedoitWolf
@@ -60,7 +70,7 @@ def fit_ood(model: torch.nn.Module, train_images: torch.Tensor, train_targets: n
     stats = {"feature_mean": mean, "components": components, "class_means": class_means, "precision": precision}
     reference = projected if val_images is None else (embeddings(model, val_images, device=device) - mean) @ components
     scores = mahalanobis(reference, class_means, precision)
-    images = np.asarray(train_images.cpu() if isinstance(train_images, torch.Tensor) else train_images)
+    images = sample_patches(train_images, INTENSITY_PATCHES, seed)
     rng = np.random.default_rng(seed)
     intensity = {}
     for c, channel in enumerate(channels):

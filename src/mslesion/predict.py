@@ -61,7 +61,7 @@ BINARY_NOTE = ("a binary model (remyelinating/demyelinating) cannot recognise un
                "every lesion one of its two classes")
 
 
-def classify(trained: TrainedModel, images: np.ndarray, cfg: PredictConfig, bars=None,
+def classify(trained: TrainedModel, images, cfg: PredictConfig, bars=None,
              name: str = "lesions") -> tuple[np.ndarray, np.ndarray | None]:
     """Probabilities (and TTA spread); with bars, a bar over the forward passes (48 per lesion with --tta: a subject
     of 65 lesions is 3,120 passes, over a minute on a CPU)."""
@@ -278,7 +278,7 @@ def predict_patch_file(cfg: PredictConfig, path: Path, show_progress: bool = Tru
 
     check_folder_output(cfg.out, overwrite)
     trained = _load(cfg)
-    patches = read_patches(path, trained.channels)
+    patches = read_patches(path, trained.channels, in_memory=cfg.in_memory)
     if patches.patch_shape != (trained.model.patch_size,) * 3:
         raise InputError(f"patches are {patches.patch_shape} but the model of {cfg.run} expects "
                          f"{trained.model.patch_size}³", path)

@@ -66,7 +66,8 @@ class Evidence:
             config = read_json(self.run_dirs[run] / CONFIG)
             if not Path(config["data"]).exists():
                 raise InputError("patch file of the run not found", config["data"])
-            self.loaded["task", run] = load_task(config["data"], tuple(config["channels"]), config["classes"])
+            # only a few lesions are shown: leave a file larger than memory where it is
+            self.loaded["task", run] = load_task(config["data"], tuple(config["channels"]), config["classes"], "auto")
         return self.loaded["task", run]
 
     def model(self, run: int):

@@ -71,7 +71,7 @@ RUN_LOCK = ".mslesion.lock"
 ABLATION_LOCK = ".mslesion-results.lock"  # the ablation folder's own results (its runs have their own locks)
 
 # Settings that may differ between a run folder and the command asking for it: they do not change results.
-RESULT_NEUTRAL_SETTINGS = ("out", "device", "threads")
+RESULT_NEUTRAL_SETTINGS = ("out", "device", "threads", "in_memory")  # the same weights whatever they are
 
 
 def provenance() -> dict[str, Any]:

@@ -2,9 +2,12 @@
 
 The augmented data set is never materialised: each epoch is a shuffled list of (patch, symmetry) pairs,
 and each batch gathers its patches in their symmetries on the fly (transforms.gather_augmented), on the
-device that holds the data (the GPU with --device cuda). Speed (README, "Speed"): the net runs in channels-last
-3D layout with fused batch-norm/ReLU/max-pool blocks and bf16 autocast where the hardware supports it; under
-torchrun the epoch plan is sharded across ranks (mslesion.distributed).
+device that holds the data (the GPU with --device cuda). The list is cut into windows of at most
+`shuffle_window` patches (one window for most data sets); a file larger than memory is read one window at a
+time (`--in-memory no`), in the same order as when it is held in memory, so both give the same weights.
+Speed (README, "Speed"): the net runs in channels-last 3D layout with fused batch-norm/ReLU/max-pool blocks
+and bf16 autocast where the hardware supports it; under torchrun the epoch plan is sharded across ranks
+(mslesion.distributed).
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import shutil
 import sys
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +29,7 @@ from mslesion import distributed
 from mslesion.atomic import check_folder_output, has_results, locked_folder, replace_folder, write_json
 from mslesion.calibration import fit_temperature
 from mslesion.config import TrainConfig, to_dict
-from mslesion.data.patches import read_lesion_index
+from mslesion.data.patches import PatchReader, check_fits, read_lesion_index
 from mslesion.data.splits import (
     carve_validation,
     check_split,
@@ -126,9 +129,10 @@ def loss_weights(cfg: TrainConfig, targets: np.ndarray, n_classes: int) -> torch
     return torch.as_tensor(weights, dtype=torch.float32)
 
 
-def epoch_plan(items: np.ndarray, augment: str, epoch: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The shuffled (patch index, symmetry index) pairs of one epoch; a pure function of (epoch, seed)."""
-    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+def epoch_plan(items: np.ndarray, augment: str, epoch: int, seed: int,
+               generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The shuffled (patch index, symmetry index) pairs of one epoch (or window); a pure function of (epoch, seed)."""
+    generator = generator or torch.Generator().manual_seed(seed * 1_000_003 + epoch)
     items_t = torch.as_tensor(items, dtype=torch.long)
     if augment == "full":
         items_t = items_t.repeat_interleave(N_SYMMETRIES)
@@ -141,7 +145,62 @@ def epoch_plan(items: np.ndarray, augment: str, epoch: int, seed: int) -> tuple[
     return items_t[order], ks[order]
 
 
-def input_normalisation(images: torch.Tensor, items: np.ndarray, augment: str) -> tuple[torch.Tensor, torch.Tensor]:
+CHUNKS_PER_WINDOW = 16  # a window mixes this many chunks drawn from anywhere in the training set
+
+
+@dataclass(frozen=True)
+class EpochWindow:
+    """The samples of one window: what a streamed epoch reads at once, and in which order it trains on them."""
+
+    patches: np.ndarray  # sorted distinct task indices of the window's patches (the rows to read)
+    items: torch.Tensor  # task index of each sample, in training order
+    ks: torch.Tensor  # symmetry of each sample
+
+
+def epoch_windows(items: np.ndarray, augment: str, epoch: int, seed: int, window: int) -> list[EpochWindow]:
+    """The epoch's order, window by window: a pure function of (items, augment, epoch, seed, window).
+
+    `items` (training indices after oversampling, in task order) are cut into chunks of window/16 consecutive
+    items; the chunks are shuffled (their own seeded generator) and taken 16 at a time; each window's items,
+    back in task order, are shuffled with all their symmetries by `epoch_plan`, one generator drawn from window
+    after window. A training set of at most `window` items is a single window: exactly `epoch_plan(items)`, the
+    order of training in memory before windows existed. Whether the images are in memory or streamed plays no
+    part, so both modes train on the same batches in the same order.
+    """
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    if len(items) <= window:
+        groups = [np.arange(len(items))]
+    else:
+        chunk = max(1, window // CHUNKS_PER_WINDOW)
+        chunks = np.array_split(np.arange(len(items)), range(chunk, len(items), chunk))
+        order = np.random.default_rng([seed, epoch, 0x5EED]).permutation(len(chunks))
+        per_window = max(1, window // chunk)
+        groups = [np.sort(np.concatenate([chunks[c] for c in order[start:start + per_window]]))
+                  for start in range(0, len(order), per_window)]
+    windows = []
+    for positions in groups:
+        window_items = items[positions]
+        plan_items, ks = epoch_plan(window_items, augment, epoch, seed, generator)
+        windows.append(EpochWindow(np.unique(window_items), plan_items, ks))
+    return windows
+
+
+def patch_batch(images, idx: torch.Tensor, ks: torch.Tensor) -> torch.Tensor:
+    """images[idx[i]] in symmetry ks[i], from a data set in memory (a tensor) or still in its file (a PatchReader)."""
+    if isinstance(images, torch.Tensor):
+        return gather_augmented(images, idx.to(images.device), ks.to(images.device))
+    batch = torch.from_numpy(images.read(idx.numpy()))
+    return gather_augmented(batch, torch.arange(len(idx)), ks)
+
+
+def patch_rows(images, idx: torch.Tensor | np.ndarray) -> torch.Tensor:
+    """images[idx] unaugmented, in memory or read from the file."""
+    if isinstance(images, torch.Tensor):
+        return images[torch.as_tensor(idx)]
+    return torch.from_numpy(images.read(np.asarray(idx)))
+
+
+def input_normalisation(images, items: np.ndarray, augment: str) -> tuple[torch.Tensor, torch.Tensor]:
     """The 'zerocenter' mean image and the 'zscore' per-channel scale [C, 1, 1, 1], in one pass over the data.
 
     The mean is that of the training set as the net sees it: over all 48 orientations (the symmetrised mean)
@@ -151,7 +210,7 @@ def input_normalisation(images: torch.Tensor, items: np.ndarray, augment: str) -
     voxel_sums = torch.zeros(images.shape[1:], dtype=torch.float64)
     channel_squares = torch.zeros(images.shape[1], dtype=torch.float64)
     for start in range(0, len(items), 512):
-        chunk = images[torch.as_tensor(items[start:start + 512])].double()
+        chunk = patch_rows(images, items[start:start + 512]).double()
         voxel_sums += chunk.sum(0)
         channel_squares += chunk.pow(2).sum(dim=(0, 2, 3, 4))
     n = len(items)
@@ -190,7 +249,7 @@ class TrainingState:
     model: LesionNet
     net: torch.nn.Module  # the model, or its DDP wrapper: the one that trains
     optimizer: torch.optim.Optimizer
-    images: torch.Tensor  # on the device that gathers the batches (the GPU with --device cuda)
+    images: torch.Tensor | PatchReader  # in memory on the device that gathers the batches, or still in the file
     targets: torch.Tensor
     items: np.ndarray  # training indices after oversampling
     device: torch.device
@@ -211,57 +270,77 @@ class TrainingState:
         return len(self.items) * (N_SYMMETRIES if self.cfg.augment == "full" else 1)
 
 
-def train_epoch(state: TrainingState, plan: tuple[torch.Tensor, torch.Tensor], bar=None) -> dict[str, float]:
-    """One pass over the epoch plan. Under DDP each rank trains on its slice of every global batch."""
-    cfg, ctx, device, images = state.cfg, state.ctx, state.device, state.images
+def train_epoch(state: TrainingState, plan: list[EpochWindow], bar=None) -> dict[str, float]:
+    """One pass over the epoch's windows. Under DDP each rank trains on its slice of every global batch."""
+    cfg, ctx, device = state.cfg, state.ctx, state.device
     state.net.train()
-    items, ks = (t.to(images.device) for t in plan)  # once per epoch, not one host→device copy per step
     totals = torch.zeros(2, dtype=torch.float64, device=device)  # loss sum, correct: no per-step sync
-    seen = 0
+    seen, step = 0, 0
     sync_every = 1 if device.type == "cpu" else 16  # a GPU must not wait for the host to print a number
-    for step, start in enumerate(range(0, len(items), cfg.batch_size)):
-        global_n = len(items[start:start + cfg.batch_size])
-        if global_n < 2 * ctx.world_size:  # batch norm cannot train on a single sample (per rank)
-            continue
-        idx = distributed.shard(items[start:start + cfg.batch_size], ctx)
-        k = distributed.shard(ks[start:start + cfg.batch_size], ctx)
-        x = gather_augmented(images, idx, k).to(device, non_blocking=True)
-        y = state.targets[idx].to(device, non_blocking=True)
-        with torch.autocast(device.type, dtype=state.dtype or torch.float32, enabled=state.dtype is not None):
-            logits = state.net(x)
-        if ctx.enabled:  # DDP averages gradients over ranks: scale so that this is the global batch mean
-            loss = F.cross_entropy(logits.float(), y, state.weights, reduction="sum")
-            loss = loss * distributed.loss_scale(len(idx), global_n, ctx)
-            batch_loss = loss.detach() * global_n / ctx.world_size  # this rank's summed loss
-        else:
-            loss = F.cross_entropy(logits.float(), y, state.weights)
-            batch_loss = loss.detach() * len(idx)
-        state.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        state.optimizer.step()
-        totals += torch.stack([batch_loss.double(), (logits.detach().argmax(1) == y).sum().double()])
-        seen += len(idx)
-        if bar is not None:
-            seen_here = global_n if ctx.enabled else len(idx)
-            if step % sync_every == 0:
-                loss_sum, correct = totals.tolist()
-                bar.advance(seen_here, loss=loss_sum / seen, acc=correct / seen)
+    for window in plan:
+        images, rows, ks = window_data(state, window)
+        items = window.items.to(state.targets.device)
+        for start in range(0, len(items), cfg.batch_size):
+            global_n = len(items[start:start + cfg.batch_size])
+            if global_n < 2 * ctx.world_size:  # batch norm cannot train on a single sample (per rank)
+                continue
+            idx = distributed.shard(rows[start:start + cfg.batch_size], ctx)
+            k = distributed.shard(ks[start:start + cfg.batch_size], ctx)
+            x = gather_augmented(images, idx, k).to(device, non_blocking=True)
+            y = state.targets[distributed.shard(items[start:start + cfg.batch_size], ctx)].to(device, non_blocking=True)
+            with torch.autocast(device.type, dtype=state.dtype or torch.float32, enabled=state.dtype is not None):
+                logits = state.net(x)
+            if ctx.enabled:  # DDP averages gradients over ranks: scale so that this is the global batch mean
+                loss = F.cross_entropy(logits.float(), y, state.weights, reduction="sum")
+                loss = loss * distributed.loss_scale(len(idx), global_n, ctx)
+                batch_loss = loss.detach() * global_n / ctx.world_size  # this rank's summed loss
             else:
-                bar.advance(seen_here)
+                loss = F.cross_entropy(logits.float(), y, state.weights)
+                batch_loss = loss.detach() * len(idx)
+            state.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            state.optimizer.step()
+            totals += torch.stack([batch_loss.double(), (logits.detach().argmax(1) == y).sum().double()])
+            seen += len(idx)
+            if bar is not None:
+                seen_here = global_n if ctx.enabled else len(idx)
+                if step % sync_every == 0:
+                    loss_sum, correct = totals.tolist()
+                    bar.advance(seen_here, loss=loss_sum / seen, acc=correct / seen)
+                else:
+                    bar.advance(seen_here)
+            step += 1
     totals = torch.cat([totals, torch.tensor([float(seen)], dtype=torch.float64, device=device)])
     loss_sum, correct, seen = distributed.all_sum(totals, ctx).tolist()
     return {"loss": loss_sum / max(seen, 1), "accuracy": correct / max(seen, 1), "samples": int(seen)}
 
 
-def population_batches(images: torch.Tensor, items: np.ndarray, batch_size: int, seed: int):
-    """One pass over the training set (random orientations when augmenting) for the batch-norm statistics."""
+def window_data(state: TrainingState, window: EpochWindow) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The images a window gathers from, each sample's row in them and its symmetry, on the gathering device
+    (once per window, not one host→device copy per step).
+
+    In memory: the whole data set, rows = task indices. Streamed: the window's patches, read now, rows =
+    positions among them; the samples and their order are the window's either way."""
+    images = state.images
+    if isinstance(images, torch.Tensor):
+        return images, window.items.to(images.device), window.ks.to(images.device)
+    block = torch.from_numpy(images.read(window.patches))
+    rows = torch.as_tensor(np.searchsorted(window.patches, window.items.numpy()))
+    target = state.device if state.device.type == "cuda" else torch.device("cpu")
+    return block.to(target), rows.to(target), window.ks.to(target)
+
+
+def population_batches(images, items: np.ndarray, batch_size: int, seed: int):
+    """One pass over the training set (random orientations when augmenting) for the batch-norm statistics.
+
+    Streamed, each batch reads its patches from the file (random rows: one pass, as in memory)."""
     generator = torch.Generator().manual_seed(seed + 7)
     order = torch.as_tensor(items)[torch.randperm(len(items), generator=generator)]
     ks = torch.randint(0, N_SYMMETRIES, (len(order),), generator=generator)
     for start in range(0, len(order), batch_size):
         idx = order[start:start + batch_size]
         if len(idx) >= 2:
-            yield gather_augmented(images, idx.to(images.device), ks[start:start + batch_size].to(images.device))
+            yield patch_batch(images, idx, ks[start:start + batch_size])
 
 
 @torch.no_grad()
@@ -271,8 +350,19 @@ def validation_logits(state: TrainingState) -> torch.Tensor:
     subset = state.items[:: max(1, len(state.items) // 1024)]
     batches = population_batches(state.images, subset, state.cfg.batch_size, state.cfg.seed)
     set_population_batchnorm(probe, batches, state.device)
-    val_images = state.images[torch.as_tensor(state.split["val"])]
-    return predict_logits(probe, val_images, 256, state.device, precision=state.cfg.precision)
+    return predict_logits(probe, validation_images(state), 256, state.device, precision=state.cfg.precision)
+
+
+def validation_images(state: TrainingState):
+    """The validation patches: a tensor, or a reader of their rows that inference reads batch by batch."""
+    return images_at(state, state.split["val"])
+
+
+def images_at(state: TrainingState, indices: np.ndarray):
+    """Some of the training data's patches: a tensor, or a reader of their rows (streamed files)."""
+    if isinstance(state.images, torch.Tensor):
+        return state.images[torch.as_tensor(indices)]
+    return state.images.subset(indices)
 
 
 def validation_stats(logits: torch.Tensor, targets: torch.Tensor) -> dict[str, float]:
@@ -316,7 +406,10 @@ def train(cfg: TrainConfig, resume: bool = False, show_progress: bool = True, ta
     set_threads(cfg.threads)
     device = parse_device(cfg.device)
     check_folder_output(out, overwrite or resume, " (or --resume to continue an interrupted run)")
-    task = (task or load_task(cfg.data, tuple(cfg.channels), cfg.classes)).check_trainable()
+    task = (task or load_task(cfg.data, tuple(cfg.channels), cfg.classes, cfg.in_memory)).check_trainable()
+    cfg = replace(cfg, in_memory=task.in_memory)  # what auto chose (or how a given task was loaded), for config.json
+    if task.in_memory == "no":
+        check_window_fits(task, cfg)
     resolve_split(task, cfg)  # a split the data cannot give fails before anything is written
     if cfg.init:
         init_source(cfg, task)  # so does a starter model that does not fit
@@ -340,6 +433,14 @@ def train(cfg: TrainConfig, resume: bool = False, show_progress: bool = True, ta
         raise
     finally:
         distributed.teardown(ctx)
+
+
+def check_window_fits(task: Task, cfg: TrainConfig) -> None:
+    """Streaming holds one window of patches (and the next batch) in memory: refuse a window that cannot fit."""
+    per_patch = int(np.prod(task.images.shape[1:])) * 4
+    needed = min(cfg.shuffle_window, len(task)) * per_patch
+    check_fits(needed, f"a --shuffle-window of {cfg.shuffle_window} patches", Path(task.source_path),
+               "; lower --shuffle-window")
 
 
 def _train_into(run_dir: Path, cfg: TrainConfig, task: Task, device: torch.device, checkpoint: dict | None,
@@ -377,13 +478,15 @@ def start_training(cfg: TrainConfig, task: Task, run_dir: Path, device: torch.de
     if ctx.is_main:
         write_run_config(run_dir, cfg)
         write_json(run_dir / SPLIT, split_record(task, split))
-    images = torch.from_numpy(task.images)
+    images = torch.from_numpy(task.images) if isinstance(task.images, np.ndarray) else task.images
     targets = torch.from_numpy(task.targets)
-    if device.type == "cuda":  # the whole data set and its augmentation live on the GPU
-        images, targets = images.to(device), targets.to(device)
+    if device.type == "cuda":  # the whole data set (or the window being trained) and its augmentation on the GPU
+        images = images.to(device) if isinstance(images, torch.Tensor) else images
+        targets = targets.to(device)
     items = oversampled(split["train"], task.targets, cfg.oversample)
     model = build_model(cfg, task)
-    mean_image, input_scale = input_normalisation(images.cpu(), items, cfg.augment)
+    mean_image, input_scale = input_normalisation(images.cpu() if isinstance(images, torch.Tensor) else images,
+                                                  items, cfg.augment)
     model.mean_image.copy_(mean_image)
     if cfg.input_norm == "zscore":
         model.input_scale.copy_(input_scale)
@@ -405,8 +508,9 @@ def start_training(cfg: TrainConfig, task: Task, run_dir: Path, device: torch.de
         state.best = checkpoint.get("best")
         log.info("resuming after epoch %d", checkpoint["epoch"])
     state.net = distributed.wrap(model, ctx, device)
-    log.info("train %d patches (%d after oversampling), %d per epoch, test %d, precision %s",
-             len(split["train"]), len(items), state.per_epoch, len(split["test"]), state.dtype or torch.float32)
+    log.info("train %d patches (%d after oversampling), %d per epoch, test %d, precision %s, in memory: %s",
+             len(split["train"]), len(items), state.per_epoch, len(split["test"]), state.dtype or torch.float32,
+             cfg.in_memory)
     return state
 
 
@@ -457,7 +561,8 @@ def run_epochs(state: TrainingState, show_progress: bool) -> None:
             if epoch == state.first_epoch and state.ctx.is_main:
                 remaining = state.per_epoch * (cfg.epochs - epoch + 1)
                 bar = Forecast(bar, remaining, lambda seconds, rate: warn_if_long(state, seconds, rate))
-            stats = train_epoch(state, epoch_plan(state.items, cfg.augment, epoch, cfg.seed), bar)
+            plan = epoch_windows(state.items, cfg.augment, epoch, cfg.seed, cfg.shuffle_window)
+            stats = train_epoch(state, plan, bar)
             bar.finish()
             seconds = time.perf_counter() - started
             record = {"epoch": epoch, "lr": lr_at(epoch, cfg), **stats, "seconds": seconds,
@@ -500,8 +605,8 @@ def end_epoch(state: TrainingState, record: dict) -> None:
 def out_of_distribution_stats(state: TrainingState) -> dict:
     """What the training lesions looked like (mslesion.ood): stored in model.pt for predict's flags."""
     train, task = state.split["train"], state.task
-    val = state.images[torch.as_tensor(state.split["val"])] if "val" in state.split else None
-    stats = fit_ood(state.model, state.images[torch.as_tensor(train)], task.targets[train], val,
+    val = images_at(state, state.split["val"]) if "val" in state.split else None
+    stats = fit_ood(state.model, images_at(state, train), task.targets[train], val,
                     task.volumes[train] if task.volumes is not None else None, task.channels, state.device,
                     state.cfg.seed)
     log.info("out-of-distribution statistics: feature threshold %.1f (from the %s lesions)",
@@ -519,8 +624,7 @@ def finish(state: TrainingState) -> None:
     set_population_batchnorm(model, batches, state.device)
     temperature = 1.0
     if val_targets is not None:
-        val_images = state.images[torch.as_tensor(state.split["val"])]
-        logits = predict_logits(model, val_images, 256, state.device, precision=cfg.precision)
+        logits = predict_logits(model, validation_images(state), 256, state.device, precision=cfg.precision)
         temperature = fit_temperature(logits, val_targets)
         log.info("temperature %.3f fitted on %d validation lesions", temperature, len(val_targets))
     ood = out_of_distribution_stats(state)

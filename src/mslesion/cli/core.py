@@ -92,6 +92,8 @@ def train_command(
     device: Annotated[str, option(TrainConfig, "device")] = TRAIN.device,
     precision: Annotated[str, option(TrainConfig, "precision")] = TRAIN.precision,
     threads: Annotated[int, option(TrainConfig, "threads")] = TRAIN.threads,
+    in_memory: Annotated[str, option(TrainConfig, "in_memory")] = TRAIN.in_memory,
+    shuffle_window: Annotated[int, option(TrainConfig, "shuffle_window")] = TRAIN.shuffle_window,
     resume: Annotated[bool, typer.Option(help="Continue an interrupted run from its last checkpoint.")] = False,
     overwrite: Annotated[bool, typer.Option(help="Replace an earlier run in --out (kept until the new model is "
                                                  "complete).")] = False,
@@ -110,12 +112,13 @@ def train_command(
         lr=lr, lr_milestones=parse_ints(lr_milestones, "--lr-milestones"),
         oversample=parse_ints(oversample, "--oversample"),
         val_fraction=val_fraction, val_every=val_every, select=select, cv_folds=cv, fold=fold if cv > 1 else -1,
-        seed=seed, device=device, precision=precision, threads=threads,
+        seed=seed, device=device, precision=precision, threads=threads, in_memory=in_memory,
+        shuffle_window=shuffle_window,
     )
     run_dir = train(cfg, resume=resume, show_progress=not quiet, overwrite=overwrite)
     if not is_main_process():  # under torchrun only rank 0 evaluates and writes
         return
-    metrics = evaluate(EvaluateConfig(run=str(run_dir), device=device))
+    metrics = evaluate(EvaluateConfig(run=str(run_dir), device=device, in_memory=in_memory))
     console.print(metrics_table(metrics, f"{run_dir}: test metrics"))
 
 
@@ -125,11 +128,13 @@ def evaluate_command(
     data: Annotated[Path | None, typer.Argument(help="Patch file; default: the run's data, test split.")] = None,
     device: Annotated[str, option(EvaluateConfig, "device")] = EVALUATE.device,
     abstain: Annotated[float, option(EvaluateConfig, "abstain")] = EVALUATE.abstain,
+    in_memory: Annotated[str, option(EvaluateConfig, "in_memory")] = EVALUATE.in_memory,
 ) -> None:
     """Evaluate a trained run: metrics.json and predictions.csv in the run folder, and a table."""
     from mslesion.evaluate import evaluate, metrics_table
 
-    metrics = evaluate(EvaluateConfig(run=str(run), data=str(data or ""), device=device, abstain=abstain))
+    metrics = evaluate(EvaluateConfig(run=str(run), data=str(data or ""), device=device, abstain=abstain,
+                                      in_memory=in_memory))
     console.print(metrics_table(metrics, f"{run}: {'test' if data is None else data} metrics"))
 
 

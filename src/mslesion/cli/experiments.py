@@ -39,6 +39,8 @@ def ablate_command(
     device: Annotated[str, option(TrainConfig, "device")] = TEMPLATE.device,
     precision: Annotated[str, option(TrainConfig, "precision")] = TEMPLATE.precision,
     threads: Annotated[int, option(TrainConfig, "threads")] = TEMPLATE.threads,
+    in_memory: Annotated[str, option(TrainConfig, "in_memory")] = TEMPLATE.in_memory,
+    shuffle_window: Annotated[int, option(TrainConfig, "shuffle_window")] = TEMPLATE.shuffle_window,
     shard: Annotated[str, typer.Option(help="Run only the I-th of N slices of the grid, e.g. 2/8 (one job of a "
                                             "scheduler's array); the job finishing the last run writes the "
                                             "results.")] = "1/1",
@@ -52,7 +54,7 @@ def ablate_command(
         TEMPLATE, classes=classes, task=task, class_weights=class_weights,
         augment=augment, epochs=epochs, batch_size=batch_size, lr=lr,
         val_fraction=val_fraction, oversample=parse_ints(oversample, "--oversample"), device=device,
-        precision=precision, threads=threads,
+        precision=precision, threads=threads, in_memory=in_memory, shuffle_window=shuffle_window,
     )
     cfg = AblationConfig(
         data=str(data.resolve()), out=str(out),

@@ -60,6 +60,9 @@ def extract_command(
     min_volume: MinVolume = FINDING.min_volume_mm3, connectivity: Connectivity = FINDING.connectivity,
     instances: Instances = FINDING.instances, resample: Resample = FINDING.resample,
     voxel_size: VoxelSize = joined(FINDING.voxel_size_mm), split_confluent: SplitConfluent = FINDING.split_confluent,
+    float16: Annotated[bool, option(ExtractConfig, "float16")] = EXTRACT.float16,
+    jobs: Annotated[int, typer.Option(help="Subjects extracted in parallel processes; the output is the same for "
+                                           "any number.")] = 1,
     overwrite: Overwrite = False, continue_on_error: ContinueOnError = False, quiet: Quiet = False,
 ) -> None:
     """Cut one patch per lesion out of NIfTI subjects into a patch file (the format `train` reads)."""
@@ -69,11 +72,11 @@ def extract_command(
 
     cfg = ExtractConfig(out=str(out), channels=parse_channels(channels) if channels else (), patch_size=patch_size,
                         finding=lesion_finding(min_volume, connectivity, instances, resample, voxel_size,
-                                               split_confluent))
+                                               split_confluent), float16=float16)
     subjects = discover(source, mask, flair, qsm, phenotype, subject)
     if labels is not None:
         subjects = with_labels(subjects, labels)
-    results, failures = run_extract(subjects, cfg, not quiet, overwrite, continue_on_error)
+    results, failures = run_extract(subjects, cfg, not quiet, overwrite, continue_on_error, jobs)
     for result in results:
         _print_notes(result.subject, result.notes)
         if not len(result):
@@ -105,6 +108,7 @@ def predict_command(
     device: Annotated[str, option(PredictConfig, "device")] = PREDICT.device,
     precision: Annotated[str, option(PredictConfig, "precision")] = PREDICT.precision,
     threads: Annotated[int, option(PredictConfig, "threads")] = PREDICT.threads,
+    in_memory: Annotated[str, option(PredictConfig, "in_memory")] = PREDICT.in_memory,
     overwrite: Overwrite = False, continue_on_error: ContinueOnError = False, quiet: Quiet = False,
 ) -> None:
     """Classify every lesion of new subjects: per-lesion CSV, label and probability maps, summaries."""
@@ -115,6 +119,7 @@ def predict_command(
 
     cfg = PredictConfig(run=str(run), out=str(out), tta=tta, abstain=abstain, batch_size=batch_size, device=device,
                         precision=precision, threads=threads, keep_ood=keep_ood, prl_count=prl_count,
+                        in_memory=in_memory,
                         finding=lesion_finding(min_volume, connectivity, instances, resample, voxel_size,
                                                split_confluent))
     failures: list[dict] = []

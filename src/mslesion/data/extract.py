@@ -14,7 +14,11 @@ from __future__ import annotations
 
 import csv
 import json
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from itertools import repeat
 from pathlib import Path
 
 import numpy as np
@@ -353,21 +357,48 @@ def lesion_records(subject: str, lesions: LesionMap, sizes: np.ndarray, centres:
 
 def extract_subjects(
     subjects: list[Subject], cfg: ExtractConfig, channels: tuple[str, ...], show_progress: bool = True,
-    continue_on_error: bool = False,
+    continue_on_error: bool = False, jobs: int = 1,
 ) -> tuple[list[SubjectLesions], list[dict]]:
-    """Every subject's lesions, and (with continue_on_error) the subjects that could not be read, with why."""
+    """Every subject's lesions, and (with continue_on_error) the subjects that could not be read, with why.
+
+    With jobs > 1 the subjects are extracted in that many processes; results are taken in the subjects' order,
+    so the output (and the first error reported without continue_on_error) is the same for any number of jobs."""
+    if jobs < 1:
+        raise InputError(f"--jobs must be at least 1, got {jobs}")
     results, failures = [], []
-    with progress_bar(show_progress) as bars:
+    with progress_bar(show_progress) as bars, subject_outcomes(subjects, cfg, channels, jobs) as outcomes:
         bar = bars.task("subjects", total=len(subjects))
-        for subject in subjects:
-            try:
-                results.append(extract_subject(subject, cfg, channels))
-            except InputError as exc:
+        for subject, outcome in zip(subjects, outcomes, strict=True):
+            if isinstance(outcome, InputError):
                 if not continue_on_error:
-                    raise
-                failures.append({"subject": subject.id, "error": str(exc)})
+                    raise outcome
+                failures.append({"subject": subject.id, "error": str(outcome)})
+            else:
+                results.append(outcome)
             bar.advance()
     return results, failures
+
+
+@contextmanager
+def subject_outcomes(subjects: list[Subject], cfg: ExtractConfig, channels: tuple[str, ...], jobs: int):
+    """Each subject's lesions or its InputError, in the subjects' order: here, or in `jobs` worker processes."""
+    if jobs == 1 or len(subjects) < 2:
+        yield (_extract_or_error(subject, cfg, channels) for subject in subjects)
+        return
+    # spawn, not fork: the parent may hold threads (the progress bar's) that a forked child would inherit locked
+    pool = ProcessPoolExecutor(max_workers=min(jobs, len(subjects)), mp_context=multiprocessing.get_context("spawn"))
+    try:
+        yield pool.map(_extract_or_error, subjects, repeat(cfg), repeat(channels))
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)  # after an error, the subjects not yet started are dropped
+
+
+def _extract_or_error(subject: Subject, cfg: ExtractConfig, channels: tuple[str, ...]) -> SubjectLesions | InputError:
+    """An input error is a result, not an exception, so that every subject's outcome arrives in order."""
+    try:
+        return extract_subject(subject, cfg, channels)
+    except InputError as exc:
+        return exc
 
 
 def sidecar_paths(out: Path) -> tuple[Path, Path]:
@@ -394,7 +425,7 @@ def check_outputs(out: Path, overwrite: bool) -> None:
 
 
 def run_extract(subjects: list[Subject], cfg: ExtractConfig, show_progress: bool = True, overwrite: bool = False,
-                continue_on_error: bool = False) -> tuple[list[SubjectLesions], list[dict]]:
+                continue_on_error: bool = False, jobs: int = 1) -> tuple[list[SubjectLesions], list[dict]]:
     """`mslesion extract`: every subject's lesion patches into one patch file, plus the per-lesion CSV.
 
     Nothing is written until every subject has been read, so a bad input leaves no partial output (with
@@ -404,7 +435,7 @@ def run_extract(subjects: list[Subject], cfg: ExtractConfig, show_progress: bool
     channels = resolve_channels(cfg, subjects)
     if not channels:
         raise InputError("no channel is available in every subject")
-    results, failures = extract_subjects(subjects, cfg, channels, show_progress, continue_on_error)
+    results, failures = extract_subjects(subjects, cfg, channels, show_progress, continue_on_error, jobs)
     write_extraction(Path(cfg.out), results, cfg, channels, failures)
     return results, failures
 
@@ -445,7 +476,7 @@ def write_extraction(out: Path, results: list[SubjectLesions], cfg: ExtractConfi
         tmp_template.write_text(csv_text(template, LABELS_TEMPLATE_COLUMNS))
         tmp_json.write_text(json.dumps(record, indent=2) + "\n")
         if len(patches):  # an HDF5 file of zero patches would only fail later, in train
-            write_patches(out, patches)
+            write_patches(out, patches, float16=cfg.float16)
         else:  # an earlier patch file must not stand beside the new, empty table
             out.unlink(missing_ok=True)
         if failures:

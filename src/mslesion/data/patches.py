@@ -1,7 +1,7 @@
 """The HDF5 patch dataset: the project's public contract (format documented in the README).
 
 One file per dataset:
-  images   float32 [N, C, D, H, W], attribute `channels` (names in stored order)
+  images   float32 [N, C, D, H, W] (or float16: half the disk and I/O), attribute `channels` (names in stored order)
   label    int [N]   Table 1 codes for MS data (0 = not labelled)
   patient  str [N]   patient id
   lesion   int [N]   lesion id within its patient
@@ -14,6 +14,7 @@ One file per dataset:
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 from collections.abc import Callable
@@ -36,7 +37,7 @@ SPLIT_NAMES = ("train", "val", "test")
 class PatchSet:
     """Lesion patches and their metadata, as stored in one HDF5 file."""
 
-    images: np.ndarray
+    images: np.ndarray  # float32; a PatchReader where read_patches left them in the file (in_memory no / auto)
     labels: np.ndarray
     patients: np.ndarray
     lesions: np.ndarray
@@ -56,14 +57,25 @@ class PatchSet:
         return tuple(self.images.shape[2:])  # type: ignore[return-value]
 
 
-def write_patches(path: str | Path, patches: PatchSet) -> None:
-    """Write atomically: an interrupted write leaves any earlier file untouched."""
+def write_patches(path: str | Path, patches: PatchSet, float16: bool = False) -> None:
+    """Write atomically: an interrupted write leaves any earlier file untouched.
+
+    float16 stores the patches at half the size (disk, and bytes read per epoch when streaming); readers convert
+    them back to float32. Values keep 11 significant bits (relative rounding ≤ 2⁻¹¹ ≈ 0.05%)."""
     _check_consistent(patches, path)
+    if float16:
+        check_float16_range(patches.images, path)
     with atomic_path(path) as tmp:
-        tmp.write_bytes(hdf5_image(patches))
+        tmp.write_bytes(hdf5_image(patches, np.float16 if float16 else np.float32))
 
 
-def hdf5_image(patches: PatchSet) -> bytes:
+def check_float16_range(images: np.ndarray, path: str | Path) -> None:
+    largest = float(np.abs(images).max()) if images.size else 0.0
+    if largest > float(np.finfo(np.float16).max):
+        raise InputError(f"a patch value ({largest:g}) exceeds float16's range (65504); store as float32", path)
+
+
+def hdf5_image(patches: PatchSet, dtype: type = np.float32) -> bytes:
     """The patch file's bytes, built in memory: HDF5 writing to a full disk leaves the library in a state that
     crashes the interpreter at exit, so the disk only ever sees one plain write (an ordinary OSError if full)."""
     name = f"mslesion-{os.getpid()}-{next(_IMAGES)}.h5"  # names the in-memory file only; nothing is stored
@@ -72,7 +84,7 @@ def hdf5_image(patches: PatchSet) -> bytes:
         # (a subject without lesions) cannot be chunked and is stored contiguously.
         chunked = dict(chunks=(1, *patches.images.shape[1:]), compression="gzip", compression_opts=1, shuffle=True)
         images = f.create_dataset(
-            "images", data=patches.images.astype(np.float32, copy=False), **(chunked if len(patches) else {})
+            "images", data=patches.images.astype(dtype, copy=False), **(chunked if len(patches) else {})
         )
         images.attrs["channels"] = list(patches.channels)
         f.create_dataset("label", data=patches.labels.astype(np.int64))
@@ -128,27 +140,99 @@ def integer_labels(values: np.ndarray, path: str | Path) -> np.ndarray:
     return labels
 
 
-def available_memory_bytes() -> int:
-    """Memory this process may still use: the free physical memory, or less under a cgroup limit."""
-    free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    for limit_file, usage_file in (("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
-                                   ("/sys/fs/cgroup/memory/memory.limit_in_bytes",
-                                    "/sys/fs/cgroup/memory/memory.usage_in_bytes")):
-        try:
-            limit, usage = Path(limit_file).read_text().strip(), int(Path(usage_file).read_text())
-        except (OSError, ValueError):
+def available_memory_bytes(proc: Path = Path("/proc"), cgroup_root: Path = Path("/sys/fs/cgroup")) -> int:
+    """Memory this process may still use: the kernel's MemAvailable (free memory plus reclaimable page cache), or
+    less where the process's own cgroup or one above it has a limit (v2: memory.max; v1: memory.limit_in_bytes).
+
+    MemAvailable, not MemFree: after a large file was read once, its page cache makes MemFree small although the
+    kernel gives that memory back on demand. The cgroup is the process's own (from /proc/self/cgroup), not the
+    mount's root: a container or a systemd/SLURM job places its limit on a nested group."""
+    available = _meminfo_available(proc / "meminfo")
+    for group in _cgroup_paths(proc / "self" / "cgroup", cgroup_root):
+        available = min(available, group)
+    return available
+
+
+def _meminfo_available(meminfo: Path) -> int:
+    try:
+        for line in meminfo.read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def _cgroup_paths(self_cgroup: Path, root: Path) -> list[int]:
+    """Headroom (limit − usage + reclaimable file cache) of every limited cgroup from this process's up to the root."""
+    try:
+        lines = self_cgroup.read_text().splitlines()
+    except OSError:
+        return []
+    headroom = []
+    for line in lines:
+        hierarchy, _, controllers_path = line.partition(":")
+        controllers, _, group = controllers_path.partition(":")
+        if hierarchy == "0" and controllers == "":  # v2 unified hierarchy
+            base, files = root, ("memory.max", "memory.current", "inactive_file")
+        elif "memory" in controllers.split(","):  # v1 memory controller
+            base, files = root / "memory", ("memory.limit_in_bytes", "memory.usage_in_bytes", "total_inactive_file")
+        else:
             continue
-        if limit.isdigit():
-            free = min(free, int(limit) - usage)
-    return free
+        folder = base / group.lstrip("/")
+        while True:
+            value = _cgroup_headroom(folder, *files)
+            if value is not None:
+                headroom.append(value)
+            if folder == base or base not in folder.parents:
+                break
+            folder = folder.parent
+    return headroom
+
+
+def _cgroup_headroom(folder: Path, limit_file: str, usage_file: str, inactive_key: str) -> int | None:
+    try:
+        limit_text = (folder / limit_file).read_text().strip()
+        usage = int((folder / usage_file).read_text())
+    except (OSError, ValueError):
+        return None
+    if not limit_text.isdigit() or int(limit_text) >= 2**60:  # "max" (v2) or the v1 "unlimited" sentinel
+        return None
+    reclaimable = 0
+    try:
+        for line in (folder / "memory.stat").read_text().splitlines():
+            key, _, value = line.partition(" ")
+            if key == inactive_key:
+                reclaimable = int(value)
+    except (OSError, ValueError):
+        pass
+    return max(0, int(limit_text) - usage + reclaimable)
+
+
+def images_bytes(images: h5py.Dataset, rows: int, channels: int | None = None) -> int:
+    """Bytes of `rows` patches held in memory as float32 (float16 files are converted on reading)."""
+    per_channel = int(np.prod(images.shape[2:])) * 4
+    return rows * per_channel * (images.shape[1] if channels is None else channels)
+
+
+def fits_in_memory(needed: int) -> bool:
+    """The margin leaves room for the model, its activations and the rest of the process."""
+    return needed <= 0.8 * available_memory_bytes()
+
+
+def check_fits(needed: int, what: str, path: Path, hint: str = "") -> None:
+    if not fits_in_memory(needed):
+        raise InputError(f"'images' needs {needed / 2**30:.1f} GiB in memory for {what} but "
+                         f"{available_memory_bytes() / 2**30:.1f} GiB are available{hint}", path)
 
 
 def check_readable(images: h5py.Dataset, rows: int, path: Path) -> None:
     """Refuse what cannot be held in memory, and datasets whose patches were never written (they read as zeros)."""
-    needed = rows * int(np.prod(images.shape[1:])) * images.dtype.itemsize
-    if needed > 0.8 * available_memory_bytes():
-        raise InputError(f"'images' needs {needed / 2**30:.1f} GiB in memory for {rows} patches but "
-                         f"{available_memory_bytes() / 2**30:.1f} GiB are available", path)
+    check_fits(images_bytes(images, rows), f"{rows} patches", path)
+    check_written(images, path)
+
+
+def check_written(images: h5py.Dataset, path: Path) -> None:
     if images.chunks is not None and images.shape[0]:
         per_patch = int(np.prod([-(-s // c) for s, c in zip(images.shape[1:], images.chunks[1:], strict=True)]))
         expected = -(-images.shape[0] // images.chunks[0]) * per_patch
@@ -159,12 +243,15 @@ def check_readable(images: h5py.Dataset, rows: int, path: Path) -> None:
 
 
 def read_patches(
-    path: str | Path, channels: tuple[str, ...] | None = None, labels_wanted: Callable | None = None
+    path: str | Path, channels: tuple[str, ...] | None = None, labels_wanted: Callable | None = None,
+    in_memory: str = "yes",
 ) -> PatchSet:
     """Read and validate a patch file; select `channels` (in the given order) if asked.
 
     `labels_wanted(labels) -> bool mask` selects rows before the images are read, so that a file of many
-    unlabelled lesions need not be held in memory to train on its labelled ones.
+    unlabelled lesions need not be held in memory to train on its labelled ones. `in_memory`: yes reads the
+    images (refusing what does not fit), no leaves them in the file (`images` is then a PatchReader that reads
+    rows on demand), auto reads them only when they fit in the memory available (cgroup limits included).
     """
     path = Path(path)
     if not path.exists():
@@ -175,12 +262,12 @@ def read_patches(
         raise InputError(f"not a readable HDF5 file ({exc.__class__.__name__})", path) from None
     with f:
         try:
-            patches = _read_open_file(f, path, channels, labels_wanted)
+            patches = _read_open_file(f, path, channels, labels_wanted, in_memory)
         except (RuntimeError, KeyError, ValueError, TypeError, OSError) as exc:  # h5py on damaged metadata, bad attrs
             first_line = (str(exc).strip().splitlines() or [exc.__class__.__name__])[0]
             raise InputError(f"damaged or malformed HDF5 patch file ({first_line[:120]})", path) from None
     _check_consistent(patches, path)
-    if not np.isfinite(patches.images).all():
+    if isinstance(patches.images, np.ndarray) and not np.isfinite(patches.images).all():
         bad = int((~np.isfinite(patches.images)).any(axis=(1, 2, 3, 4)).sum())
         raise InputError(f"'images' contains NaN or infinite values in {bad} patches", path)
     if patches.split is not None:
@@ -191,7 +278,7 @@ def read_patches(
 
 
 def _read_open_file(f: h5py.File, path: Path, channels: tuple[str, ...] | None,
-                    labels_wanted: Callable | None) -> PatchSet:
+                    labels_wanted: Callable | None, in_memory: str) -> PatchSet:
     for key in ("images", "label", "patient", "lesion"):
         if key not in f:
             raise InputError(f"missing dataset '{key}' (not an mslesion patch file?)", path)
@@ -203,8 +290,8 @@ def _read_open_file(f: h5py.File, path: Path, channels: tuple[str, ...] | None,
         raise InputError(
             f"'images' has {images_ds.shape[1]} channels but its 'channels' attribute names {len(stored)}", path
         )
-    if images_ds.dtype != np.float32:
-        raise InputError(f"'images' must be float32, got {images_ds.dtype}", path)
+    if images_ds.dtype not in (np.float32, np.float16):
+        raise InputError(f"'images' must be float32 (or float16), got {images_ds.dtype}", path)
     wanted = stored if channels is None else tuple(channels)
     index = _channel_index(stored, wanted, path)
     check_cubic(images_ds.shape, path)
@@ -212,12 +299,18 @@ def _read_open_file(f: h5py.File, path: Path, channels: tuple[str, ...] | None,
     rows = np.ones(len(labels), bool) if labels_wanted is None else np.asarray(labels_wanted(labels), bool)
     if len(labels) != images_ds.shape[0]:
         raise InputError(f"'images' has {images_ds.shape[0]} patches but 'label' has {len(labels)}", path)
-    check_readable(images_ds, int(rows.sum()), path)
-    images = _read_rows(images_ds, rows)
-    if index != list(range(len(stored))):
-        images = images[:, index]
+    images: np.ndarray | PatchReader
+    if in_memory == "yes" or (in_memory == "auto" and fits_in_memory(images_bytes(images_ds, int(rows.sum())))):
+        check_readable(images_ds, int(rows.sum()), path)
+        images = _read_rows(images_ds, rows)
+        if index != list(range(len(stored))):
+            images = images[:, index]
+        images = np.ascontiguousarray(images, dtype=np.float32)
+    else:
+        check_written(images_ds, path)
+        images = PatchReader(path, np.flatnonzero(rows), tuple(index), tuple(images_ds.shape))
     patches = PatchSet(
-        images=np.ascontiguousarray(images),
+        images=images,
         labels=labels[rows],
         patients=np.asarray([_text(p) for p in f["patient"][:]], dtype=object)[rows],
         lesions=f["lesion"][:].astype(np.int64)[rows],
@@ -260,6 +353,97 @@ def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
+
+
+class PatchReader:
+    """Patches left in their HDF5 file and read on demand (`--in-memory no`, or auto when the file does not fit).
+
+    Stands where a PatchSet's or Task's in-memory images would: `len`, `shape`, `dtype`, `reader[index]`, and
+    `read(indices)` for many rows at once. Rows are read in runs of consecutive file rows, at most RUN at a time,
+    so that selecting a few channels of a many-channel file never holds more than a run of the others.
+    Values are float32 (float16 files are converted) and checked to be finite as they are read.
+    """
+
+    RUN = 64
+
+    def __init__(self, path: Path, rows: np.ndarray, channel_index: tuple[int, ...], stored_shape: tuple[int, ...]):
+        self.path = Path(path)
+        self.rows = np.asarray(rows, dtype=np.int64)  # file row of each patch
+        self.channel_index = channel_index
+        self.stored_shape = stored_shape
+        self.shape = (len(self.rows), len(channel_index), *stored_shape[2:])
+        self.dtype = np.dtype(np.float32)
+        self.ndim = 5
+        self._file: h5py.File | None = None
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    @property
+    def nbytes(self) -> int:
+        return int(np.prod(self.shape)) * 4
+
+    def subset(self, indices: np.ndarray) -> PatchReader:
+        """The patches at `indices` (in that order), still in the file."""
+        return PatchReader(self.path, self.rows[np.asarray(indices, dtype=np.int64)], self.channel_index,
+                           self.stored_shape)
+
+    def with_channels(self, positions: list[int]) -> PatchReader:
+        """The same patches restricted to some of this reader's channels (positions among them)."""
+        return PatchReader(self.path, self.rows, tuple(self.channel_index[p] for p in positions), self.stored_shape)
+
+    def __getitem__(self, index) -> np.ndarray:
+        if isinstance(index, int | np.integer):
+            return self.read(np.asarray([index]))[0]
+        if isinstance(index, slice):
+            return self.read(np.arange(len(self))[index])
+        return self.read(np.asarray(index))
+
+    def read(self, indices: np.ndarray) -> np.ndarray:
+        """float32 [len(indices), C, D, H, W]; each distinct row is read once, in file order."""
+        indices = np.asarray(indices, dtype=np.int64).reshape(-1)
+        file_rows = self.rows[indices]
+        unique, inverse = np.unique(file_rows, return_inverse=True)
+        block = np.empty((len(unique), *self.shape[1:]), np.float32)
+        if not len(unique):
+            return block
+        run_starts = np.flatnonzero(np.diff(unique, prepend=-2) != 1)
+        run_ends = np.append(run_starts[1:], len(unique))
+        pieces = [(first, min(first + self.RUN, end)) for start, end in zip(run_starts, run_ends, strict=True)
+                  for first in range(start, end, self.RUN)]
+        all_channels = self.channel_index == tuple(range(self.stored_shape[1]))
+        try:
+            dataset = self._dataset()
+            for first, last in pieces:
+                part = dataset[unique[first]:unique[last - 1] + 1]
+                block[first:last] = part if all_channels else part[:, list(self.channel_index)]
+        except (OSError, RuntimeError) as exc:  # h5py on a damaged chunk or a vanished file
+            first_line = (str(exc).strip().splitlines() or [exc.__class__.__name__])[0]
+            raise InputError(f"cannot read 'images' ({first_line[:120]})", self.path) from None
+        if not np.isfinite(block).all():
+            bad = unique[~np.isfinite(block).all(axis=(1, 2, 3, 4))]
+            raise InputError(f"'images' contains NaN or infinite values (file row {int(bad[0])}, "
+                             f"{len(bad)} patches in this read)", self.path)
+        if len(unique) == len(file_rows) and np.array_equal(unique, file_rows):
+            return block  # already in the order asked: no second copy of a window
+        return block[inverse.reshape(-1)]
+
+    def _dataset(self) -> h5py.Dataset:
+        if self._file is None:
+            self._file = h5py.File(self.path, "r")
+        return self._file["images"]
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    def __getstate__(self) -> dict:  # an open HDF5 handle does not cross processes; each opens its own
+        return {**self.__dict__, "_file": None}
+
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):  # at interpreter shutdown h5py may already be gone
+            self.close()
 
 
 def read_lesion_index(path: str | Path) -> tuple[np.ndarray, np.ndarray]:

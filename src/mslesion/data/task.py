@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mslesion.data.patches import read_patches
+from mslesion.data.patches import PatchReader, read_patches
 from mslesion.errors import InputError
 from mslesion.paper import (
     CALL_LEGEND,
@@ -121,7 +121,7 @@ class ClassMap:
 class Task:
     """A PatchSet reduced to one classification task: chosen channels, mapped classes, unused samples dropped."""
 
-    images: np.ndarray  # float32 [N, C, D, H, W]
+    images: np.ndarray | PatchReader  # float32 [N, C, D, H, W], in memory or read from the file on demand
     targets: np.ndarray  # int64 [N] class index
     labels: np.ndarray  # int64 [N] original codes (the paper split stratifies on these)
     patients: np.ndarray
@@ -147,13 +147,22 @@ class Task:
     def with_channels(self, channels: tuple[str, ...]) -> Task:
         """The same lesions restricted to some of the loaded channels, without reading the file again."""
         index = [self.channels.index(c) for c in channels]
+        if isinstance(self.images, PatchReader):
+            return replace(self, images=self.images.with_channels(index), channels=tuple(channels))
         return replace(self, images=np.ascontiguousarray(self.images[:, index]), channels=tuple(channels))
 
+    @property
+    def in_memory(self) -> str:
+        """yes or no: how the images were loaded (what `--in-memory auto` resolved to)."""
+        return "no" if isinstance(self.images, PatchReader) else "yes"
 
-def load_task(path: str | Path, channels: tuple[str, ...], class_map: ClassMap | str) -> Task:
+
+def load_task(path: str | Path, channels: tuple[str, ...], class_map: ClassMap | str,
+              in_memory: str = "yes") -> Task:
     """Read a patch file for training/evaluation: map labels to classes and check every class has samples.
 
-    `class_map` may be given as its spec ('name=code,code;name=code'), as configs store it."""
+    `class_map` may be given as its spec ('name=code,code;name=code'), as configs store it. `in_memory` as in
+    `read_patches`: yes, no (images stay in the file) or auto (in memory when they fit)."""
     if isinstance(class_map, str):
         class_map = ClassMap.parse(class_map)
     known = {int(c) for g in class_map.codes for c in g} | {0, *TABLE1_NAMES}
@@ -163,7 +172,7 @@ def load_task(path: str | Path, channels: tuple[str, ...], class_map: ClassMap |
         unknown.extend(sorted(set(np.unique(labels).tolist()) - known))
         return class_map.targets(labels) >= 0
 
-    patches = read_patches(path, channels, labels_wanted=in_task)
+    patches = read_patches(path, channels, labels_wanted=in_task, in_memory=in_memory)
     if unknown:
         raise InputError(f"labels {unknown} are neither Table 1 codes nor in the class map '{class_map.spec()}'", path)
     targets = class_map.targets(patches.labels)
@@ -187,17 +196,19 @@ def load_task(path: str | Path, channels: tuple[str, ...], class_map: ClassMap |
 
 def lesion_volumes(patches, path: str | Path, wanted) -> np.ndarray | None:
     """Volume per lesion in mm³: the file's `volume_mm3` (format 2), else the voxels of the mask channel inside
-    the patch (a lower bound for lesions larger than it), else None."""
+    the patch (a lower bound for lesions larger than it), else None. Streamed files are read chunk by chunk."""
     if patches.volume_mm3 is not None:
         return patches.volume_mm3
     if "mask" in patches.channels:
-        mask = patches.images[:, patches.channels.index("mask")]
+        source, channel = patches.images, patches.channels.index("mask")
     else:
         try:
-            mask = read_patches(path, ("mask",), labels_wanted=wanted).images[:, 0]
+            source, channel = read_patches(path, ("mask",), labels_wanted=wanted, in_memory="no").images, 0
         except InputError:  # the file has no mask channel
             return None
-    return (mask > 0.5).sum(axis=(1, 2, 3)) * float(np.prod(patches.voxel_size_mm))
+    voxels = np.concatenate([(np.asarray(source[s:s + 256])[:, channel] > 0.5).sum(axis=(1, 2, 3))
+                             for s in range(0, len(source), 256)] or [np.zeros(0)])
+    return voxels * float(np.prod(patches.voxel_size_mm))
 
 
 PHENOTYPE = ClassMap.parse(PHENOTYPE_CLASSES)
