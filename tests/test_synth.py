@@ -14,6 +14,7 @@ from mslesion.config import SynthConfig
 from mslesion.data.patches import read_patches
 from mslesion.data.synth import physics
 from mslesion.data.synth.cohort import (
+    SYNTH_VERSION,
     PatientEffects,
     allocate_lesions,
     class_counts,
@@ -21,7 +22,13 @@ from mslesion.data.synth.cohort import (
     synth_patch,
     write_cohort,
 )
-from mslesion.data.synth.lesions import draw_lesion, render_lesion
+from mslesion.data.synth.lesions import (
+    BETWEEN,
+    CLASS1_KINDS,
+    CORRUPTING_VEIN_MM,
+    draw_lesion,
+    render_lesion,
+)
 from mslesion.errors import InputError
 from mslesion.paper import MS_CHANNELS, TABLE1_COUNTS
 
@@ -113,6 +120,17 @@ def test_write_cohort_round_trip(tmp_path):
     assert read.channels == MS_CHANNELS and "synth" in read.source
     assert json.loads(read.attrs["synth_config"])["seed"] == TINY.seed
     assert int(read.attrs["synth_patients"]) == TINY.patients
+    assert int(read.attrs["synth_version"]) == SYNTH_VERSION == 3
+    assert f"v{SYNTH_VERSION}" in read.source
+
+
+def test_same_seed_identical_with_every_class():
+    """Class 1's kinds draw textures and streaking sources at render time: still bit-identical per seed, and
+    whether one process or several worker processes make the patches."""
+    cfg = SynthConfig(patients=2, lesions_scale=0.06, seed=3, fov_size=48)
+    first, again = generate_cohort(cfg, workers=1), generate_cohort(cfg, workers=2)
+    assert set(np.unique(first.labels)) >= {1, 2, 3, 5, 6}
+    assert np.array_equal(first.images, again.images)
 
 
 def test_allocation_spreads_table1_over_patients():
@@ -189,6 +207,42 @@ def test_prl_rim_more_paramagnetic_than_core():
         if core.sum() >= 100:
             contrast.append(patch[1][rim].mean() - patch[1][core].mean())
     assert len(contrast) >= 3 and np.mean(np.array(contrast) > 0) >= 0.6
+
+
+def test_hypointense_rim_darker_than_core():
+    """Class 4 (Table 1: hypointense rim): every lesion has a diamagnetic rim around an iso core."""
+    grid = physics.SimulationGrid((48, 48, 48), 0.5, (-12.0, -12.0, -12.0))
+    tested = 0
+    for i in range(30):  # real shapes are mostly small: a third have a core 2 mm deep
+        lesion = replace(draw_lesion(np.random.default_rng(i), 4), vein_radius_mm=0.0)
+        assert lesion.rim_mm > 0 and lesion.rim_ppm <= -0.03 and abs(lesion.core_ppm) <= 0.004
+        rendered = render_lesion(lesion, grid)
+        rim_band = rendered.inside & ~ndimage.binary_erosion(rendered.inside, iterations=2)
+        core = ndimage.binary_erosion(rendered.inside, iterations=4)
+        if core.sum() >= 5:
+            tested += 1
+            assert rendered.chi_ppm[rim_band].mean() < rendered.chi_ppm[core].mean()
+    assert tested >= 3
+
+
+def test_class1_is_heterogeneous():
+    """Class 1 (unclassified) holds each kind of CLASS1_KINDS, and each looks as its kind says."""
+    lesions = [draw_lesion(np.random.default_rng([11, i]), 1) for i in range(300)]
+    kinds = {kind: [x for x in lesions if x.kind == kind] for kind in CLASS1_KINDS}
+    assert all(len(found) >= 10 for found in kinds.values())
+    assert all(x.code == 1 for x in lesions)
+    assert all(CORRUPTING_VEIN_MM[0] <= x.vein_radius_mm for x in kinds["vein"])
+    assert all(abs(x.source_ppm) >= 0.5 and x.source_offset_mm is not None for x in kinds["streak"])
+    assert all(x.texture_ppm > 0 for x in kinds["patchy"])
+    cores = [(lo / 1000, hi / 1000) for (lo, hi), _ in BETWEEN]
+    assert all(any(lo <= x.core_ppm <= hi for lo, hi in cores) for x in kinds["between"])
+    # "unrated" lesions look exactly like a labelled class: no corruption at all
+    assert all(x.source_ppm == 0 and x.texture_ppm == 0 and x.vein_radius_mm < 0.3 for x in kinds["unrated"])
+    # A streaking source shows in the rendered susceptibility beside the lesion, not inside it.
+    grid = physics.SimulationGrid((64, 64, 64), 0.5, (-16.0, -16.0, -16.0))
+    streak = kinds["streak"][0]
+    rendered = render_lesion(streak, grid)
+    assert np.abs(rendered.chi_ppm[~rendered.inside]).max() > 0.3
 
 
 def test_rendering_is_grid_independent():
