@@ -336,6 +336,12 @@ def copy_of(key: str, name: str, checkpoint: bool = False) -> Callable:
     return setup
 
 
+def removed(name: str) -> Callable:
+    def setup(tmp: Path, env: dict) -> None:
+        (tmp / name).unlink()
+    return setup
+
+
 def both(*setups: Callable) -> Callable:
     def setup(tmp: Path, env: dict) -> None:
         for s in setups:
@@ -607,8 +613,9 @@ RUN_CASES = [
     case("run-evaluate-malicious-pickle", ["evaluate", "{run_pickle}"], 2, "model.pt", UNREADABLE),
     case("run-predict-prediction-folder-as-run", ["predict", "{preds}", "--mask", "{mask}", "--qsm", "{qsm}",
                                                   "--out", "{tmp}/pred", "--quiet"], 2, "preds"),
-    case("run-report-prediction-folder", ["report", "{preds}", "--out", "{tmp}/r.html"], 2, "preds",
-         "prediction folder"),
+    case("run-report-prediction-folder-of-an-older-version", ["report", "{tmp}/old", "--out", "{tmp}/r.html"], 2,
+         "old", "dataset_description.json",
+         setup=both(copy_of("preds", "old"), removed("old/dataset_description.json"))),
     case("run-report-folder-not-found", ["report", "{tmp}/norun", "--out", "{tmp}/r.html"], 2, "norun",
          "not found"),
     case("run-report-not-a-run", ["report", "{bids_empty}", "--out", "{tmp}/r.html"], 2, "empty",

@@ -48,6 +48,21 @@ def test_canonical_and_back_is_the_identity(tmp_path):
     np.testing.assert_array_equal(np.asarray(back.dataobj), data)
 
 
+@pytest.mark.parametrize(("units", "qform_code", "sform_code"), [(("mm", "sec"), 1, 2), (("micron", "unknown"), 2, 0)])
+def test_outputs_keep_the_inputs_units_codes_and_affine(tmp_path, units, qform_code, sform_code):
+    img = nib.Nifti1Image(np.zeros((6, 7, 8), np.float32), ODD_AFFINE)
+    img.header.set_xyzt_units(*units)
+    img.set_qform(ODD_AFFINE, code=qform_code)
+    img.set_sform(ODD_AFFINE, code=sform_code)
+    nib.save(img, tmp_path / "img.nii.gz")
+    grid, arrays = load_aligned({"flair": tmp_path / "img.nii.gz"}, "flair")
+    back = to_original_orientation(arrays["flair"].astype(np.uint8), grid)
+    assert back.header.get_xyzt_units() == units
+    assert (int(back.header["qform_code"]), int(back.header["sform_code"])) == (qform_code, sform_code)
+    np.testing.assert_array_equal(back.affine, ODD_AFFINE)  # exactly, not up to the reorientation's round-off
+    assert back.get_data_dtype() == np.uint8
+
+
 def test_grid_mismatch_and_resampling(tmp_path):
     mask = np.zeros((10, 10, 10), np.uint8)
     mask[3:6, 3:6, 3:6] = 1

@@ -182,8 +182,8 @@ def test_phenotype_calls_and_label_map_agree(phenotype_run: Path, tmp_path: Path
                                             keep_ood: bool):
     import json
 
-    import nibabel as nib
     from test_extract import run_cli, write_subject
+    from test_predict import SubjectFiles
 
     s = write_subject(tmp_path / "s", "sub-1")
     out = tmp_path / "pred"
@@ -191,8 +191,9 @@ def test_phenotype_calls_and_label_map_agree(phenotype_run: Path, tmp_path: Path
                           out, "--quiet", "--prl-count", "1", *(["--keep-ood"] if keep_ood else [])],
                          monkeypatch, capsys)
     assert code == 0, text
-    rows = list(csv.DictReader((out / "sub-1" / "lesions.csv").open()))
-    labels = np.asarray(nib.load(out / "sub-1" / "sub-1_pred-label_dseg.nii.gz").dataobj)
+    files = SubjectFiles(out, task="phenotype")
+    rows = files.rows()
+    labels = files.labels()
     value_of = {name: value for value, name in paper.CALL_LEGEND.items()}
     for row in rows:
         voxel = tuple(int(row[k]) for k in ("centre_i", "centre_j", "centre_k"))
@@ -203,7 +204,11 @@ def test_phenotype_calls_and_label_map_agree(phenotype_run: Path, tmp_path: Path
             assert row["call"] == row["predicted"]  # phenotype classes are their own calls
         assert float(row["p_unclassified"]) + float(row["p_remyelinating"]) + float(row["p_demyelinating"]) + float(
             row["p_hypointense_rim"]) == pytest.approx(1, abs=1e-3)
-    summary = json.loads((out / "sub-1" / "summary.json").read_text())
+    summary = json.loads(files.summary.read_text())
+    # one probability map per class, named by BIDS-safe labels (hypointense_rim → HRL)
+    assert sorted(p.name.split("_label-")[1] for p in files.folder.glob("*_probseg.nii.gz")) == sorted(
+        f"{label}_probseg.nii.gz" for label in ("unclassified", "isointense", "PRL", "HRL", "hyperintense",
+                                                "hypointense"))
     assert summary["n_prl_like"] == sum(r["call"] == "PRL" for r in rows)
     assert summary["prl_1_or_more"] == (summary["n_prl_like"] >= 1)
     assert sum(summary[f"n_{name}"] for name in list(paper.CALL_LEGEND.values())[1:]) == len(rows)
@@ -215,14 +220,14 @@ def test_a_binary_model_says_it_cannot_recognise_unclassifiable_lesions(tmp_path
     import json
 
     from test_extract import run_cli, write_subject
-    from test_predict import make_run
+    from test_predict import SubjectFiles, make_run
 
     run = make_run(tmp_path / "run")
     s = write_subject(tmp_path / "s", "sub-1")
     code, text = run_cli(["predict", run, "--mask", s.mask, "--flair", s.flair, "--qsm", s.qsm, "--out",
                           tmp_path / "p", "--quiet"], monkeypatch, capsys)
     assert code == 0, text
-    notes = json.loads((tmp_path / "p" / "sub-1" / "summary.json").read_text())["notes"]
+    notes = json.loads(SubjectFiles(tmp_path / "p").summary.read_text())["notes"]
     assert any("cannot recognise unclassifiable lesions" in note for note in notes)
     summary = next(csv.DictReader((tmp_path / "p" / "summary.csv").open()))
     assert summary["n_prl_like"] == "" and summary["n_unclassified"] == "0"

@@ -12,12 +12,23 @@ import pytest
 import torch
 from test_extract import LESIONS, run_cli, write_subject
 
+from mslesion.bids import read_tsv
 from mslesion.config import TrainConfig
 from mslesion.data.patches import PatchSet, read_patches, write_patches
 from mslesion.data.task import ClassMap
 from mslesion.model import LesionNet
 from mslesion.paper import CALL_LEGEND, PAPER_CLASSES
-from mslesion.runs import MODEL, model_metadata, save_torch
+from mslesion.runs import (
+    MODEL,
+    anat_folder,
+    label_map_name,
+    lesion_table_name,
+    model_metadata,
+    probability_map_name,
+    save_torch,
+    subject_prefix,
+    subject_summary_name,
+)
 
 VALUE_OF_CALL = {name: value for value, name in CALL_LEGEND.items()}
 # The smallest patch the paper's three conv/pool blocks accept; keeps these tests fast.
@@ -43,6 +54,35 @@ def read_rows(path: Path) -> list[dict]:
     return list(csv.DictReader(path.open()))
 
 
+class SubjectFiles:
+    """The BIDS-derivative files of one subject (and session) in a prediction folder, named as runs.py names them."""
+
+    def __init__(self, out: Path, subject: str = "1", session: str = "", task: str = "binary") -> None:
+        self.folder, self.prefix = out / anat_folder(subject, session), subject_prefix(subject, session)
+        self.task = task
+
+    @property
+    def lesions(self) -> Path:
+        return self.folder / lesion_table_name(self.prefix, self.task)
+
+    @property
+    def label_map(self) -> Path:
+        return self.folder / label_map_name(self.prefix, self.task)
+
+    @property
+    def summary(self) -> Path:
+        return self.folder / subject_summary_name(self.prefix, self.task)
+
+    def probability_map(self, label: str) -> Path:
+        return self.folder / probability_map_name(self.prefix, label)
+
+    def rows(self) -> list[dict]:
+        return read_tsv(self.lesions)
+
+    def labels(self) -> np.ndarray:
+        return np.asarray(nib.load(self.label_map).dataobj)
+
+
 def test_predict_one_subject_writes_csv_maps_and_summary(tmp_path, monkeypatch, capsys):
     run = make_run(tmp_path / "run")
     s = write_subject(tmp_path / "s", "sub-1")
@@ -50,26 +90,29 @@ def test_predict_one_subject_writes_csv_maps_and_summary(tmp_path, monkeypatch, 
     code, text = run_cli(["predict", run, "--mask", s.mask, "--flair", s.flair, "--qsm", s.qsm, "--phenotype",
                           s.phenotype, "--out", out, "--quiet"], monkeypatch, capsys)
     assert code == 0, text
-    rows = read_rows(out / "sub-1" / "lesions.csv")
+    files = SubjectFiles(out)
+    rows = files.rows()
     assert len(rows) == len(LESIONS)
+    assert {(r["participant_id"], r["session_id"]) for r in rows} == {("sub-1", "")}
     assert sorted(int(r["label"]) for r in rows) == sorted(code for _, _, code in LESIONS)
     for row in rows:
         assert float(row["p_remyelinating"]) + float(row["p_demyelinating"]) == pytest.approx(1, abs=1e-4)
         assert row["predicted"] in ("remyelinating", "demyelinating")
     mask_img = nib.load(s.mask)
-    label_img = nib.load(out / "sub-1" / "sub-1_pred-label_dseg.nii.gz")
-    prob_img = nib.load(out / "sub-1" / "sub-1_pred-prob.nii.gz")
+    label_img = nib.load(files.label_map)
+    prob_img = nib.load(files.probability_map("demyelinating"))
     # Same grid and orientation as the input, lesion voxels exactly where the mask is.
     np.testing.assert_allclose(label_img.affine, mask_img.affine)
     labels = np.asarray(label_img.dataobj)
-    assert labels.shape == mask_img.shape and prob_img.shape == (*mask_img.shape, 2)
+    assert labels.shape == mask_img.shape and prob_img.shape == mask_img.shape
+    assert nib.load(files.probability_map("remyelinating")).shape == mask_img.shape
     np.testing.assert_array_equal(labels > 0, np.asarray(mask_img.dataobj) > 0)
     for row in rows:
         voxel = tuple(int(row[k]) for k in ("centre_i", "centre_j", "centre_k"))
         assert labels[voxel] == VALUE_OF_CALL[row["call"]]
         assert row["call"] == row["predicted"] or row["call"] == "out_of_distribution" and row["flags"]
-        assert prob_img.dataobj[(*voxel, 1)] == pytest.approx(float(row["p_demyelinating"]), abs=1e-4)
-    summary = json.loads((out / "sub-1" / "summary.json").read_text())
+        assert prob_img.dataobj[voxel] == pytest.approx(float(row["p_demyelinating"]), abs=1e-4)
+    summary = json.loads(files.summary.read_text())
     assert summary["lesions"] == 3 and summary["n_remyelinating"] + summary["n_demyelinating"] == 3
     assert summary["label_map_values"]["9"] == "uncertain" and summary["label_map_values"]["8"] == "demyelinating"
     assert len(read_rows(out / "summary.csv")) == 1 and len(read_rows(out / "lesion_predictions.csv")) == 3
@@ -87,7 +130,7 @@ def test_split_confluent_parts_get_their_own_rows_and_map_values_and_flags_are_c
     code, text = run_cli(["predict", run, "--mask", s.mask, "--flair", s.flair, "--qsm", s.qsm, "--phenotype",
                           s.phenotype, "--out", out, "--split-confluent", "--quiet"], monkeypatch, capsys)
     assert code == 0, text
-    rows = read_rows(out / "sub-1" / "lesions.csv")
+    rows = SubjectFiles(out).rows()
     assert sorted((r["part"] != "0", r["label"]) for r in rows) == [(False, "3"), (False, "6"), (True, "2"),
                                                                      (True, "5")]
     assert sorted(r["part"] for r in rows) == ["0", "0", "1", "2"]
@@ -96,7 +139,7 @@ def test_split_confluent_parts_get_their_own_rows_and_map_values_and_flags_are_c
     summary = read_rows(out / "summary.csv")[0]
     assert summary["n_touches_edge"] == "1" and summary["n_larger_than_patch"] == "0"
     # Each part's voxels in the label map carry that part's own call; the flagged lesion is out of distribution.
-    labels = np.asarray(nib.load(out / "sub-1" / "sub-1_pred-label_dseg.nii.gz").dataobj)
+    labels = SubjectFiles(out).labels()
     for row in rows:
         voxel = tuple(int(row[k]) for k in ("centre_i", "centre_j", "centre_k"))
         assert labels[voxel] == VALUE_OF_CALL[row["call"]]
@@ -110,9 +153,9 @@ def test_abstain_and_the_runs_temperature(tmp_path, monkeypatch, capsys):
     code, text = run_cli(["predict", run, "--mask", s.mask, "--flair", s.flair, "--out", out, "--abstain", "0.6",
                           "--quiet"], monkeypatch, capsys)
     assert code == 0, text
-    rows = read_rows(out / "sub-1" / "lesions.csv")
+    rows = SubjectFiles(out).rows()
     assert [r["predicted"] for r in rows] == ["uncertain"] * 3  # p = 0.5 < 0.6
-    assert np.unique(np.asarray(nib.load(out / "sub-1" / "sub-1_pred-label_dseg.nii.gz").dataobj)).tolist() == [0, 9]
+    assert np.unique(SubjectFiles(out).labels()).tolist() == [0, 9]
     assert read_rows(out / "summary.csv")[0]["n_uncertain"] == "3"
     # The run's temperature divides the logits: a huge one flattens every prediction towards 0.5.
     hot = make_run(tmp_path / "hot", channels=("flair", "mask"), seed=1, temperature=1e4)
@@ -134,12 +177,12 @@ def test_tta_reports_mean_and_spread(tmp_path, monkeypatch, capsys):
     code, text = run_cli(["predict", run, "--mask", s.mask, "--flair", s.flair, "--out", tmp_path / "p", "--tta",
                           "--quiet"], monkeypatch, capsys)
     assert code == 0, text
-    (row,) = read_rows(tmp_path / "p" / "sub-1" / "lesions.csv")
+    (row,) = SubjectFiles(tmp_path / "p").rows()
     assert float(row["spread_demyelinating"]) >= 0 and "spread_remyelinating" in row
     # The mean over the 48 symmetries differs from the plain prediction for an untrained, asymmetric net.
     code, _ = run_cli(["predict", run, "--mask", s.mask, "--flair", s.flair, "--out", tmp_path / "q", "--quiet"],
                       monkeypatch, capsys)
-    (plain,) = read_rows(tmp_path / "q" / "sub-1" / "lesions.csv")
+    (plain,) = SubjectFiles(tmp_path / "q").rows()
     assert float(row["spread_demyelinating"]) > 0
     assert plain["p_demyelinating"] != row["p_demyelinating"]
 
@@ -153,9 +196,9 @@ def test_manifest_gives_a_consolidated_csv(tmp_path, monkeypatch, capsys):
     code, text = run_cli(["predict", run, manifest, "--out", tmp_path / "p", "--quiet"], monkeypatch, capsys)
     assert code == 0, text
     rows = read_rows(tmp_path / "p" / "lesion_predictions.csv")
-    assert [r["subject"] for r in rows] == ["A"] * 3 + ["B"] * 2
+    assert [r["participant_id"] for r in rows] == ["sub-A"] * 3 + ["sub-B"] * 2
     summary = read_rows(tmp_path / "p" / "summary.csv")
-    assert [(r["subject"], r["lesions"]) for r in summary] == [("A", "3"), ("B", "2")]
+    assert [(r["participant_id"], r["lesions"]) for r in summary] == [("sub-A", "3"), ("sub-B", "2")]
     volume = sum(float(r[f"volume_{c}_mm3"]) for r in summary[1:] for c in ("remyelinating", "demyelinating"))
     assert volume == pytest.approx(sum(float(r["volume_mm3"]) for r in rows[3:]))
 
@@ -180,8 +223,8 @@ def test_subject_without_lesions(tmp_path, monkeypatch, capsys):
                          monkeypatch, capsys)
     assert code == 0, text
     assert "no lesions" in text
-    assert (tmp_path / "p" / "sub-1" / "lesions.csv").read_text().count("\n") == 1
-    assert not np.asarray(nib.load(tmp_path / "p" / "sub-1" / "sub-1_pred-label_dseg.nii.gz").dataobj).any()
+    assert SubjectFiles(tmp_path / "p").lesions.read_text().count("\n") == 1
+    assert not SubjectFiles(tmp_path / "p").labels().any()
 
 
 def test_bad_inputs_exit_2_and_leave_nothing(tmp_path, monkeypatch, capsys):
@@ -284,7 +327,7 @@ def test_round_trip_synth_volumes(tmp_path, monkeypatch, capsys):
     assert code == 0, text
     predicted = read_rows(tmp_path / "pred" / "lesion_predictions.csv")
     extracted = [r for r in found if r["subject"] in held_out]
-    key = [(r["subject"], r["lesion"], r["label"]) for r in predicted]
+    key = [(r["participant_id"], r["lesion"], r["label"]) for r in predicted]
     assert key == [(r["subject"], r["lesion"], r["label"]) for r in extracted]
 
     # predict classifies every lesion; merged lesions of different types (class 1) belong to no training class.
@@ -304,7 +347,7 @@ def test_round_trip_synth_volumes(tmp_path, monkeypatch, capsys):
               for r in read_rows(tmp_path / "run" / "predictions.csv")}
     assert len(scored) == len(classified)
     for row in classified:
-        assert float(row["p_demyelinating"]) == pytest.approx(scored[row["subject"], row["lesion"]], abs=2e-4)
+        assert float(row["p_demyelinating"]) == pytest.approx(scored[row["participant_id"], row["lesion"]], abs=2e-4)
 
 
 def write_cohort_subjects(folder: Path, n_subjects: int, lesions_per_subject: int = 16) -> list:

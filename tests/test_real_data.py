@@ -19,6 +19,7 @@ from mslesion.config import ExtractConfig, LesionFinding, TrainConfig
 from mslesion.data.extract import extract_subject
 from mslesion.data.patches import read_patches, write_patches
 from mslesion.data.subjects import Subject
+from mslesion.runs import LESION_PREDICTIONS, PREDICTION_SUMMARY, anat_folder, label_map_name, subject_prefix
 from mslesion.train import train
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "open_ms_data"
@@ -96,14 +97,15 @@ def test_predict_on_real_subjects(flair_mask_run, manifest, tmp_path, monkeypatc
     code, text = run_cli(["predict", flair_mask_run, manifest, "--out", out, "--quiet"], monkeypatch, capsys)
     print(f"predict on {len(EXPECTED_LESIONS)} subjects: {time.perf_counter() - started:.1f} s")
     assert code == 0, text
-    summary = {r["subject"]: r for r in csv.DictReader((out / "summary.csv").open())}
-    assert {k: int(v["lesions"]) for k, v in summary.items()} == EXPECTED_LESIONS
-    rows = list(csv.DictReader((out / "lesion_predictions.csv").open()))
+    summary = {r["participant_id"]: r for r in csv.DictReader((out / PREDICTION_SUMMARY).open())}
+    # ids not named sub-… become sub-<id> (patient26 → sub-patient26)
+    assert {k: int(v["lesions"]) for k, v in summary.items()} == {f"sub-{k}": v for k, v in EXPECTED_LESIONS.items()}
+    rows = list(csv.DictReader((out / LESION_PREDICTIONS).open()))
     assert len(rows) == sum(EXPECTED_LESIONS.values())
     mask_img = nib.load(DATA / "patient26" / "lesion_mask.nii.gz")
-    label_img = nib.load(out / "patient26" / "patient26_pred-label_dseg.nii.gz")
+    label_img = nib.load(out / anat_folder("patient26") / label_map_name(subject_prefix("patient26"), "binary"))
     np.testing.assert_allclose(label_img.affine, mask_img.affine, atol=1e-4)
     labels = np.asarray(label_img.dataobj)
-    kept = sum(int(r["voxels"]) for r in rows if r["subject"] == "patient26")
+    kept = sum(int(r["voxels"]) for r in rows if r["participant_id"] == "sub-patient26")
     assert np.count_nonzero(labels) == kept
     assert np.all(np.asarray(mask_img.dataobj)[labels > 0] == 1)  # labelled voxels are lesion voxels, same grid

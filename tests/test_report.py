@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html
+import re
 import shutil
 import subprocess
 from html.parser import HTMLParser
@@ -87,6 +88,12 @@ def test_run_report_and_browser_rendering(ablation_dir: Path, tmp_path: Path) ->
     out = write_report(ReportConfig(folder=str(run), out=str(tmp_path / "run.html")))
     parsed = outline(out)
     assert parsed.sections == [s for s in SECTIONS if s != "ablation"]
+    text = html.unescape(out.read_text())
+    # the summary's CIs: estimate, then [low, high] around it
+    for metric in ("accuracy", "ROC AUC"):
+        row = rf"<td>{metric}</td><td>([\d.]+)</td><td>\[([\d.]+), ([\d.]+)\]</td>"
+        estimate, low, high = map(float, re.search(row, text).groups())
+        assert low <= estimate <= high  # the toy task is easy: [1.000, 1.000] is possible
     browser = shutil.which("chromium") or shutil.which("chromium-browser")
     if browser is None:
         pytest.skip("no chromium on PATH (scripts/install_test_browser.sh installs it where apt works)")
@@ -114,6 +121,33 @@ def test_report_of_a_missing_or_foreign_folder_is_an_input_error(tmp_path: Path)
 def test_bad_report_settings(bad: dict) -> None:
     with pytest.raises(InputError):
         ReportConfig(folder="x", **bad)
+
+
+def test_montage_shows_a_small_mask_on_a_fixed_scale() -> None:
+    from mslesion.report_figures import mid_slices
+
+    rng = np.random.default_rng(0)
+    patch = rng.normal(size=(2, 23, 23, 23)).astype(np.float32)
+    patch[1] = 0
+    patch[1, 11, 10:12, 10:12] = 1  # 4 pixels of the mid slice: below the 99th percentile's reach
+    image = mid_slices(patch, ("qsm", "mask"))
+    mask_panel = image[:, 24:]
+    assert mask_panel.max() == 1 and (mask_panel == 1).sum() == 4
+    assert mid_slices(patch)[:, 24:].max() == 0  # what a percentile scale did to it
+
+
+def test_roc_legend_names_the_positive_class_of_the_pr_auc() -> None:
+    from mslesion.metrics import classification_metrics
+    from mslesion.report_figures import roc_figure
+
+    targets = np.array([0] * 10 + [1] * 30)  # class 0 is rare: the PR AUC's positive class
+    probabilities = np.random.default_rng(0).dirichlet([1, 1], size=40)
+    names = ("demyelinating", "remyelinating")
+    metrics = classification_metrics(targets, probabilities, names)
+    assert metrics["positive_class"] == "demyelinating"
+    figure = roc_figure(targets, probabilities, names, positive=names.index(metrics["positive_class"]))
+    labels = [t.get_text() for t in figure.axes[0].get_legend().get_texts()]
+    assert labels[0].startswith("positive: demyelinating (AUC")
 
 
 def test_saliency_is_the_input_gradient_of_the_predicted_logit() -> None:

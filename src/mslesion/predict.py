@@ -4,14 +4,12 @@ Lesions are found and cut exactly as `extract` does (`extract_subject`), with th
 size. Everything is written into a temporary folder beside `--out` and moved into place at the end, so an
 error on the tenth subject leaves no half-written output.
 
-Output folder (its contract: `mslesion.runs`):
-  lesion_predictions.csv               every lesion of every subject
-  summary.csv                          per subject: lesion count and volume per call, flag counts, PRLs
-  predict_config.json                  the resolved PredictConfig, the run's classes and channels
-  <subject>/lesions.csv                that subject's lesions
-  <subject>/<subject>_pred-label_dseg.nii.gz   lesion voxels = their call, in paper.CALL_LEGEND's fixed values
-  <subject>/<subject>_pred-prob.nii.gz         one volume per class: each lesion's class probability
-  <subject>/summary.json               counts, volumes, the label map's legend, timings
+On NIfTI subjects the output folder is a BIDS derivative dataset (its contract: `mslesion.runs`; its BIDS parts:
+`mslesion.bids`): per subject (and session) a label map of the calls in paper.CALL_LEGEND's fixed values, one
+probability map per class, the lesion table (TSV and its column sidecar) and a summary that records the input
+files (the prediction report reads the images from there); at the top the legend (BIDS, ITK-SNAP, FSLeyes), the
+consolidated lesion table and per-subject summary. Later runs with the same model and settings add subjects; a
+subject already there is replaced only with --overwrite, and each subject is swapped in only when complete.
 
 Per lesion: the class probabilities; the derived p_unclassified / p_remyelinating / p_demyelinating
 (ClassMap.derived_probabilities); `flags` (extract's geometry flags and the model's out-of-distribution flags,
@@ -22,15 +20,36 @@ out_of_distribution when any flag is raised (unless --keep-ood), else uncertain,
 
 from __future__ import annotations
 
-import json
 import shutil
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from mslesion.atomic import check_folder_output, csv_text, locked_folder, staged_folder
+from mslesion.atomic import (
+    check_folder_output,
+    csv_text,
+    has_results,
+    locked_folder,
+    replace_folder,
+    staged_folder,
+    write_atomic,
+    write_json,
+)
+from mslesion.bids import (
+    SESSION_COLUMN,
+    SUBJECT_COLUMN,
+    column_descriptions,
+    dataset_description,
+    probability_labels,
+    read_tsv,
+    subject_labels,
+    task_name,
+    tsv_text,
+    write_legends,
+)
 from mslesion.config import PredictConfig, to_dict
 from mslesion.data.extract import FLAGS, extract_subject
 from mslesion.data.nifti import to_original_orientation
@@ -39,19 +58,28 @@ from mslesion.errors import InputError
 from mslesion.paper import PRL_CODE
 from mslesion.progress import progress_bar
 from mslesion.runs import (
+    BIDS_DATATYPE,
+    DATASET_DESCRIPTION,
     LESION_PREDICTIONS,
+    LESION_PREDICTIONS_SIDECAR,
     PREDICT_CONFIG,
     PREDICTION_ERRORS,
     PREDICTION_SUMMARY,
     RUN_LOCK,
-    SUBJECT_LESIONS,
-    SUBJECT_SUMMARY,
     TrainedModel,
+    changed_prediction_settings,
+    is_prediction_folder,
     label_map_name,
+    lesion_table_name,
+    lesion_table_sidecar_name,
     load_trained,
-    model_provenance,
+    prediction_record,
     probability_map_name,
-    provenance,
+    read_json,
+    subject_folder,
+    subject_prefix,
+    subject_summaries,
+    subject_summary_name,
 )
 from mslesion.runtime import parse_device, set_threads
 from mslesion.transforms import N_SYMMETRIES
@@ -153,10 +181,11 @@ def columns(base: tuple[str, ...], trained: TrainedModel, tta: bool) -> tuple[st
     return (*base, *probability, *spread, *derived, *score, "flags", "predicted", "call")
 
 
-def subject_summary(subject: str, rows: list[dict], trained: TrainedModel, cfg: PredictConfig,
+def subject_summary(identity: dict[str, str], rows: list[dict], trained: TrainedModel, cfg: PredictConfig,
                     with_volume: bool) -> dict:
-    """Lesions per call (and their volume), lesions per flag, PRL calls and whether they reach --prl-count."""
-    summary: dict = {"subject": subject, "lesions": len(rows)}
+    """Who (`identity`: the table's subject columns), lesions per call (and their volume), lesions per flag, PRL
+    calls and whether they reach --prl-count."""
+    summary: dict = {**identity, "lesions": len(rows)}
     for name in list(trained.class_map.legend().values())[1:]:
         chosen = [r for r in rows if r["call"] == name]
         summary[f"n_{name}"] = len(chosen)
@@ -171,20 +200,23 @@ def subject_summary(subject: str, rows: list[dict], trained: TrainedModel, cfg: 
     return summary
 
 
-def write_maps(folder: Path, lesions, judged: Judged, trained: TrainedModel) -> None:
-    """Label map (each lesion's call, in the fixed legend) and per-class probability map on the input grid."""
+def write_maps(folder: Path, prefix: str, lesions, judged: Judged, trained: TrainedModel) -> None:
+    """Label map (each lesion's call, in the fixed legend) and one probability map per class, on the input grid
+    with the input's affine, units and qform/sform codes."""
     import nibabel as nib
 
-    value_of = {name: value for value, name in trained.class_map.legend().items()}
+    legend = trained.class_map.legend()
+    value_of = {name: value for value, name in legend.items()}
     size = int(lesions.lesion_map.max()) + 1
-    label_lut = np.zeros(size, np.uint8)
+    label_lut = np.zeros(size, np.uint8 if max(legend) < 256 else np.uint16)
     label_lut[lesions.map_ids] = [value_of[c] for c in judged.calls]
-    prob_lut = np.zeros((size, judged.probabilities.shape[1]), np.float32)
-    prob_lut[lesions.map_ids] = judged.probabilities
-    label_img = to_original_orientation(label_lut[lesions.lesion_map], lesions.grid)
-    prob_img = to_original_orientation(prob_lut[lesions.lesion_map], lesions.grid)
-    nib.save(label_img, folder / label_map_name(lesions.subject))
-    nib.save(prob_img, folder / probability_map_name(lesions.subject))
+    nib.save(to_original_orientation(label_lut[lesions.lesion_map], lesions.grid),
+             folder / label_map_name(prefix, task_name(trained.class_map)))
+    for k, label in enumerate(probability_labels(trained.class_map)):
+        prob_lut = np.zeros(size, np.float32)
+        prob_lut[lesions.map_ids] = judged.probabilities[:, k]
+        nib.save(to_original_orientation(prob_lut[lesions.lesion_map], lesions.grid),
+                 folder / probability_map_name(prefix, label))
 
 
 def model_notes(trained: TrainedModel) -> list[str]:
@@ -196,8 +228,20 @@ def model_notes(trained: TrainedModel) -> list[str]:
     return notes
 
 
-def predict_subject(trained: TrainedModel, subject: Subject, cfg: PredictConfig, folder: Path,
-                    bars=None) -> tuple[list, dict]:
+# Per-subject summary entries that are not columns of summary.csv
+SUMMARY_DETAILS = ("source_id", "inputs", "label_map_values", "probability_maps", "notes", "seconds_extract",
+                   "seconds_classify")
+
+
+def subject_inputs(subject: Subject) -> dict[str, str]:
+    """The input files, absolute: the prediction report reads the images from them."""
+    files = {"mask": subject.mask, "flair": subject.flair, "qsm": subject.qsm, "phenotype": subject.phenotype}
+    return {role: str(Path(path).resolve()) for role, path in files.items() if path is not None}
+
+
+def predict_subject(trained: TrainedModel, subject: Subject, labels: tuple[str, str], cfg: PredictConfig,
+                    unit: Path, bars=None) -> dict:
+    """Predict one subject into `unit` (its sub-<label>[/ses-<label>] folder); returns its summary."""
     started = time.perf_counter()
     lesions = extract_subject(subject, cfg.extract_config(trained.model.patch_size, trained.channels),
                               trained.channels)
@@ -206,22 +250,28 @@ def predict_subject(trained: TrainedModel, subject: Subject, cfg: PredictConfig,
     geometry = [[f for f in r["flags"].split(";") if f] for r in lesions.records]
     judged = judge(trained, lesions.patches, volumes, geometry, cfg, bars, subject.id)
     inferred = time.perf_counter()
-    rows = prediction_rows(lesions.records, judged, trained)
-    folder.mkdir(parents=True)
-    folder.joinpath(SUBJECT_LESIONS).write_text(csv_text(rows, subject_columns(trained, cfg.tta)))
-    write_maps(folder, lesions, judged, trained)
-    summary = subject_summary(subject.id, rows, trained, cfg, with_volume=True)
+    identity = {SUBJECT_COLUMN: f"sub-{labels[0]}", SESSION_COLUMN: f"ses-{labels[1]}" if labels[1] else ""}
+    rows = prediction_rows([{**r, **identity} for r in lesions.records], judged, trained)
+    task, prefix, anat = task_name(trained.class_map), subject_prefix(*labels), unit / BIDS_DATATYPE
+    anat.mkdir(parents=True)
+    table = subject_columns(trained, cfg.tta)
+    anat.joinpath(lesion_table_name(prefix, task)).write_text(tsv_text(rows, table))
+    write_json(anat / lesion_table_sidecar_name(prefix, task), column_descriptions(table, trained.class_map))
+    write_maps(anat, prefix, lesions, judged, trained)
+    summary = subject_summary(identity, rows, trained, cfg, with_volume=True)
     notes = lesions.notes + model_notes(trained)
-    legend = {str(k): n for k, n in trained.class_map.legend().items()}
-    detail = {**summary, "label_map_values": legend, "probability_map_volumes": list(trained.class_map.names),
+    detail = {**summary, "source_id": subject.id, "inputs": subject_inputs(subject),
+              "label_map_values": {str(k): n for k, n in trained.class_map.legend().items()},
+              "probability_maps": dict(zip(probability_labels(trained.class_map), trained.class_map.names,
+                                           strict=True)),
               "notes": notes, "seconds_extract": round(extracted - started, 3),
               "seconds_classify": round(inferred - extracted, 3)}
-    folder.joinpath(SUBJECT_SUMMARY).write_text(json.dumps(detail, indent=2) + "\n")
-    return rows, {**summary, "notes": notes, "seconds": round(inferred - started, 3)}
+    write_json(anat / subject_summary_name(prefix, task), detail)
+    return {**summary, "notes": notes, "seconds": round(inferred - started, 3)}
 
 
-SUBJECT_BASE = ("subject", "lesion", "part", "x_mm", "y_mm", "z_mm", "centre_i", "centre_j", "centre_k", "voxels",
-                "volume_mm3", "label", "flags")
+SUBJECT_BASE = (SUBJECT_COLUMN, SESSION_COLUMN, "lesion", "part", "x_mm", "y_mm", "z_mm", "centre_i", "centre_j",
+                "centre_k", "voxels", "volume_mm3", "label", "flags")
 
 
 def subject_columns(trained: TrainedModel, tta: bool) -> tuple[str, ...]:
@@ -237,38 +287,103 @@ def check_channels(trained: TrainedModel, subjects: list[Subject], run: str) -> 
                              f"has no {'/'.join(m.upper() for m in missing)} image", subject.mask)
 
 
+def replaces_everything(out: Path, record: dict, units: list[tuple[str, str]], overwrite: bool) -> bool:
+    """Whether this run writes the whole folder (new, or replaced with --overwrite) rather than adding subjects;
+    raises when it would replace anything without --overwrite."""
+    if not has_results(out):
+        return True
+    if not is_prediction_folder(out) or not (out / DATASET_DESCRIPTION).exists():
+        if overwrite:
+            return True
+        raise InputError("holds earlier results that are not a prediction dataset of this version; use "
+                         "--overwrite to replace them (or another --out)", out)
+    changed = changed_prediction_settings(read_json(out / PREDICT_CONFIG), record)
+    if changed:
+        if overwrite:
+            return True
+        raise InputError(f"holds predictions made with another model or settings ({', '.join(changed)}); use "
+                         "--overwrite to replace all of them, or another --out", out)
+    present = [subject_prefix(*u) for u in units if (out / subject_folder(*u)).exists()]
+    if present and not overwrite:
+        shown = ", ".join(present[:3]) + (f" and {len(present) - 3} more" if len(present) > 3 else "")
+        raise InputError(f"holds {shown} already; use --overwrite to replace {'it' if len(present) == 1 else 'them'}"
+                         " (the other subjects stay)", out)
+    return False
+
+
 def predict_subjects(cfg: PredictConfig, subjects: list[Subject], show_progress: bool = True,
-                     overwrite: bool = False, continue_on_error: bool = False) -> tuple[list[dict], list[dict]]:
-    """Predict every subject into `cfg.out`; returns the per-subject summaries and the subjects that failed.
+                     overwrite: bool = False, continue_on_error: bool = False,
+                     command: str = "") -> tuple[list[dict], list[dict]]:
+    """Predict every subject into the BIDS derivative folder `cfg.out`; returns this run's per-subject summaries
+    and the subjects that failed.
 
     Without continue_on_error the first unreadable subject stops the command and nothing is written; with it, the
-    failed subjects are listed (subject, reason) in errors.csv and the others are predicted."""
-    check_folder_output(cfg.out, overwrite)
+    failed subjects are listed (subject, reason) in errors.csv and the others are predicted. Each subject's folder
+    is swapped in only when it is complete; the top-level tables are then rebuilt from every subject present."""
+    out = Path(cfg.out)
+    if out.exists() and not out.is_dir():
+        raise InputError("exists and is not a folder", out)
     trained = _load(cfg)
     check_channels(trained, subjects, cfg.run)
-    all_rows, summaries, failures = [], [], []
-    with locked_folder(cfg.out, RUN_LOCK), staged_folder(cfg.out) as tmp, progress_bar(show_progress) as bars:
-        bar = bars.task("subjects", total=len(subjects))
-        for subject in subjects:
-            try:
-                rows, summary = predict_subject(trained, subject, cfg, tmp / subject.id, bars)
-            except InputError as exc:
-                if not continue_on_error:
-                    raise
-                failures.append({"subject": subject.id, "error": str(exc)})
-                shutil.rmtree(tmp / subject.id, ignore_errors=True)
-                bar.advance()
-                continue
-            all_rows.extend(rows)
-            summaries.append(summary)
-            bar.advance()
-        tmp.joinpath(LESION_PREDICTIONS).write_text(csv_text(all_rows, subject_columns(trained, cfg.tta)))
-        summary_columns = tuple(k for k in summaries[0] if k != "notes") if summaries else ("subject",)
-        tmp.joinpath(PREDICTION_SUMMARY).write_text(csv_text(summaries, summary_columns))
-        if failures:
-            tmp.joinpath(PREDICTION_ERRORS).write_text(csv_text(failures, ("subject", "error")))
-        write_config(tmp, cfg, trained)
+    labels = subject_labels(subjects)
+    record = prediction_record(cfg.run, to_dict(cfg), trained, precision_used(cfg))
+    summaries, failures, done = [], [], []
+    with locked_folder(out, RUN_LOCK):
+        everything = replaces_everything(out, record, list(labels.values()), overwrite)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+        try:
+            with progress_bar(show_progress) as bars:
+                bar = bars.task("subjects", total=len(subjects))
+                for subject in subjects:
+                    unit = subject_folder(*labels[subject.id])
+                    try:
+                        summaries.append(predict_subject(trained, subject, labels[subject.id], cfg, tmp / unit,
+                                                        bars))
+                        done.append(unit)
+                    except InputError as exc:
+                        if not continue_on_error:
+                            raise
+                        failures.append({"subject": subject.id, "error": str(exc)})
+                        shutil.rmtree(tmp / unit, ignore_errors=True)
+                    bar.advance()
+            if everything:
+                write_top_level(tmp, cfg, trained, record, command, failures)
+                replace_folder(tmp, out)
+            else:
+                for unit in done:
+                    (out / unit).parent.mkdir(parents=True, exist_ok=True)
+                    replace_folder(tmp / unit, out / unit)
+                write_top_level(out, cfg, trained, record, command, failures)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
     return summaries, failures
+
+
+def write_top_level(folder: Path, cfg: PredictConfig, trained: TrainedModel, record: dict, command: str,
+                    failures: list[dict]) -> None:
+    """dataset_description.json, the legends, and the consolidated tables of every subject in `folder`."""
+    task, table = task_name(trained.class_map), subject_columns(trained, cfg.tta)
+    previous = read_json(folder / DATASET_DESCRIPTION) if (folder / DATASET_DESCRIPTION).exists() else None
+    write_json(folder / DATASET_DESCRIPTION, dataset_description(previous, command or "(mslesion.predict)"))
+    write_legends(folder, trained.class_map)
+    rows, summaries = [], []
+    for path in subject_summaries(folder):
+        prefix = path.name.removesuffix(f"_desc-{task}_summary.json")
+        if prefix == path.name:
+            continue
+        summaries.append({k: v for k, v in read_json(path).items() if k not in SUMMARY_DETAILS})
+        rows.extend(read_tsv(path.parent / lesion_table_name(prefix, task)))
+    summary_columns = tuple(summaries[0]) if summaries else (SUBJECT_COLUMN, SESSION_COLUMN)
+    for name, text in ((LESION_PREDICTIONS, csv_text(rows, table)),
+                       (PREDICTION_SUMMARY, csv_text(summaries, summary_columns))):
+        write_atomic(folder / name, lambda tmp, text=text: tmp.write_text(text))
+    write_json(folder / LESION_PREDICTIONS_SIDECAR, column_descriptions(table, trained.class_map))
+    if failures:
+        write_atomic(folder / PREDICTION_ERRORS,
+                     lambda tmp: tmp.write_text(csv_text(failures, ("subject", "error"))))
+    else:
+        (folder / PREDICTION_ERRORS).unlink(missing_ok=True)  # an earlier run's failures are not this one's
+    write_json(folder / PREDICT_CONFIG, record)
 
 
 def predict_patch_file(cfg: PredictConfig, path: Path, show_progress: bool = True,
@@ -290,26 +405,22 @@ def predict_patch_file(cfg: PredictConfig, path: Path, show_progress: bool = Tru
             for p, lesion, part, label in zip(patches.patients, patches.lesions, parts, patches.labels, strict=True)]
     rows = prediction_rows(base, judged, trained)
     subjects = list(dict.fromkeys(r["subject"] for r in rows))
-    summaries = [subject_summary(s, [r for r in rows if r["subject"] == s], trained, cfg, with_volume=False)
-                 for s in subjects]
+    summaries = [subject_summary({"subject": s}, [r for r in rows if r["subject"] == s], trained, cfg,
+                                 with_volume=False) for s in subjects]
     with locked_folder(cfg.out, RUN_LOCK), staged_folder(cfg.out) as tmp:
         table = columns(("subject", "lesion", "part", "label"), trained, cfg.tta)
         tmp.joinpath(LESION_PREDICTIONS).write_text(csv_text(rows, table))
         summary_columns = tuple(summaries[0]) if summaries else ("subject",)
         tmp.joinpath(PREDICTION_SUMMARY).write_text(csv_text(summaries, summary_columns))
-        write_config(tmp, cfg, trained)
+        write_json(tmp / PREDICT_CONFIG, prediction_record(cfg.run, to_dict(cfg), trained, precision_used(cfg)))
     return summaries
 
 
-def write_config(folder: Path, cfg: PredictConfig, trained: TrainedModel) -> None:
+def precision_used(cfg: PredictConfig) -> str:
+    """What `--precision` resolves to on this machine for inference (auto: measured once and cached)."""
     from mslesion.precision import resolve
 
-    record = {**provenance(), **model_provenance(cfg.run), "synth_version": trained.synth_version,
-              "precision_used": resolve(parse_device(cfg.device), cfg.precision, "inference"),
-              "config": to_dict(cfg), "channels": list(trained.channels),
-              "classes": trained.class_map.spec(), "temperature": trained.temperature,
-              "patch_size": trained.model.patch_size}
-    folder.joinpath(PREDICT_CONFIG).write_text(json.dumps(record, indent=2) + "\n")
+    return resolve(parse_device(cfg.device), cfg.precision, "inference")
 
 
 def _load(cfg: PredictConfig) -> TrainedModel:

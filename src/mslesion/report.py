@@ -91,7 +91,8 @@ def write_report(cfg: ReportConfig, overwrite: bool = False, show_progress: bool
     if not folder.is_dir():
         raise InputError("folder not found", folder)
     if is_prediction_folder(folder):
-        raise InputError("a prediction folder (mslesion predict): report reads run and ablation folders", folder)
+        raise InputError("a prediction folder (mslesion predict): its report is "
+                         "mslesion.report_predictions.write_prediction_report", folder)
     ablation = load_ablation_config(folder) if is_ablation(folder) else None
     if ablation is not None:
         reference = ablation.reference_set
@@ -133,7 +134,8 @@ def build_sections(cfg: ReportConfig, folder: Path, ablation, ev: Evidence, bars
                                            "learning curves"),
         "confusion-matrix": lambda: png_tag(figures.confusion_figure(np.asarray(metrics["confusion_matrix"]),
                                                                      ev.names), "confusion matrix"),
-        "roc": lambda: png_tag(figures.roc_figure(ev.targets, ev.probabilities, ev.names), "ROC curve"),
+        "roc": lambda: png_tag(figures.roc_figure(ev.targets, ev.probabilities, ev.names, positive_index(metrics, ev)),
+                               "ROC curve"),
         "reliability": lambda: png_tag(figures.reliability_figure(ev.targets, ev.probabilities),
                                        "reliability diagram")
         + f"<p>Probabilities after temperature scaling (T = {temperatures_text(ev)}).</p>",
@@ -158,24 +160,48 @@ def temperatures_text(ev: Evidence) -> str:
     return ", ".join(f"{ev.model(i).temperature:.2f}" for i in range(len(ev.run_dirs)))
 
 
+def positive_index(metrics: dict, ev: Evidence) -> int | None:
+    """The class the PR AUC and partial AUC take as positive (binary tasks), for the ROC figure to name too."""
+    return ev.names.index(metrics["positive_class"]) if metrics["positive_class"] else None
+
+
+def summary_intervals(ev: Evidence, n_resamples: int = 1000) -> dict[str, str]:
+    """95% patient-bootstrap CIs of the summary metrics and TPRs (as ablate computes them), as text."""
+    from mslesion.metrics import SUMMARY_METRICS, Predictions, patient_bootstrap
+
+    if len(set(ev.patients)) < 2:
+        return {}
+    result = patient_bootstrap([Predictions(ev.targets, ev.probabilities, ev.patients)], n_resamples=n_resamples)
+    keys = (*SUMMARY_METRICS, *(f"tpr_{n}" for n in ev.names))
+    return {k: "–" if np.isnan(low) or np.isnan(high) else f"[{low:.3f}, {high:.3f}]"
+            for k, low, high in zip(keys, result["low"], result["high"], strict=True)}
+
+
 def summary_html(metrics: dict, abstention: dict | None, ev: Evidence) -> str:
     positive = (f"positive: {metrics['positive_class']}" if metrics["positive_class"]
                 else "macro average, each class against the rest")
-    rows = [("lesions", f"{metrics['n']} (" + ", ".join(f"{k} {v}" for k, v in metrics["n_per_class"].items()) + ")"),
-            ("patients", str(len(set(ev.patients)))),
-            ("accuracy", f"{metrics['accuracy']:.1%}"), ("balanced accuracy", f"{metrics['balanced_accuracy']:.1%}"),
-            ("ROC AUC", f"{metrics['roc_auc']:.3f}"),
-            (f"PR AUC ({positive})", f"{metrics['pr_auc']:.3f}"),
-            (f"partial ROC AUC, FPR < 0.1, McClish-standardised ({positive})", f"{metrics['partial_roc_auc']:.3f}"),
-            *((f"TPR {k}", f"{v:.1%}") for k, v in metrics["true_positive_rate"].items()),
-            ("majority baseline", f"{metrics['majority_baseline_accuracy']:.1%}")]
+    ci = summary_intervals(ev)
+    rows = [("lesions", f"{metrics['n']} (" + ", ".join(f"{k} {v}" for k, v in metrics["n_per_class"].items()) + ")",
+             ""),
+            ("patients", str(len(set(ev.patients))), ""),
+            ("accuracy", f"{metrics['accuracy']:.3f}", ci.get("accuracy", "–")),
+            ("balanced accuracy", f"{metrics['balanced_accuracy']:.3f}", ci.get("balanced_accuracy", "–")),
+            ("ROC AUC", f"{metrics['roc_auc']:.3f}", ci.get("roc_auc", "–")),
+            (f"PR AUC ({positive})", f"{metrics['pr_auc']:.3f}", ci.get("pr_auc", "–")),
+            (f"partial ROC AUC, FPR < 0.1, McClish-standardised ({positive})", f"{metrics['partial_roc_auc']:.3f}",
+             ci.get("partial_roc_auc", "–")),
+            *((f"TPR {k}", f"{v:.3f}", ci.get(f"tpr_{k}", "–")) for k, v in metrics["true_positive_rate"].items()),
+            ("majority baseline", f"{metrics['majority_baseline_accuracy']:.3f}", "")]
     if abstention is not None:
         rows += [(f"coverage at --abstain {abstention['threshold']:g}",
-                  f"{abstention['coverage']:.1%} ({abstention['n_uncertain']} uncertain)"),
+                  f"{abstention['coverage']:.1%} ({abstention['n_uncertain']} uncertain)", ""),
                  ("accuracy on covered lesions", "– (no prediction reaches the threshold)"
-                  if np.isnan(abstention["covered_accuracy"]) else f"{abstention['covered_accuracy']:.1%}")]
+                  if np.isnan(abstention["covered_accuracy"]) else f"{abstention['covered_accuracy']:.1%}", "")]
     note = (f"<p>Test predictions of {len(ev.run_dirs)} run(s), pooled.</p>" if len(ev.run_dirs) > 1 else "")
-    return note + table_html(["metric", "value"], rows)
+    how = ("<p>95% CI: percentile bootstrap over patients (1,000 resamples; each resample draws patients with "
+           "replacement and takes all their lesions).</p>" if ci else
+           "<p>No confidence intervals: the test set holds one patient.</p>")
+    return note + table_html(["metric", "estimate", "95% CI"], rows) + how
 
 
 def abstention_table(ev: Evidence, thresholds: tuple[float, ...] = (0.6, 0.7, 0.8, 0.9)) -> str:

@@ -102,18 +102,20 @@ def confusion_figure(matrix: np.ndarray, names: tuple[str, ...]):
     return figure
 
 
-def roc_figure(targets: np.ndarray, probabilities: np.ndarray, names: tuple[str, ...]):
-    """ROC curve of each class against the rest (binary: of the second class, as the reported AUC)."""
+def roc_figure(targets: np.ndarray, probabilities: np.ndarray, names: tuple[str, ...], positive: int | None = None):
+    """ROC curve of each class against the rest; binary: of the `positive` class only, the one the summary's PR AUC
+    and partial AUC name (metrics.rare_class; the ROC AUC is the same for either class)."""
     from sklearn.metrics import roc_auc_score, roc_curve
 
     plt = _pyplot()
     figure, axis = plt.subplots(figsize=(4.2, 4.0))
-    classes = [1] if len(names) == 2 else range(len(names))
+    classes = [1 if positive is None else positive] if len(names) == 2 else range(len(names))
     for c in classes:
         if 0 < (targets == c).sum() < len(targets):
             fpr, tpr, _ = roc_curve(targets == c, probabilities[:, c])
             auc = roc_auc_score(targets == c, probabilities[:, c])
-            axis.plot(fpr, tpr, label=f"{names[c]} (AUC {auc:.3f})")
+            label = f"positive: {names[c]}" if len(names) == 2 else f"{names[c]} vs rest"
+            axis.plot(fpr, tpr, label=f"{label} (AUC {auc:.3f})")
     axis.plot([0, 1], [0, 1], color="grey", ls=":", label="chance")
     axis.axvspan(0, 0.1, color="orange", alpha=0.12, label="FPR < 0.1 (partial AUC)")
     axis.set(xlabel="false-positive rate", ylabel="true-positive rate", title="ROC curve")
@@ -130,7 +132,8 @@ def reliability_figure(targets: np.ndarray, probabilities: np.ndarray, bins: int
     correct = probabilities.argmax(1) == targets
     figure, axis = plt.subplots(figsize=(4.2, 4.0))
     if correct.all() or not correct.any():
-        axis.text(0.5, 0.5, "all predictions " + ("correct" if correct.all() else "wrong"), ha="center")
+        axis.text(0.5, 0.5, "all predictions " + ("correct" if correct.all() else "wrong"), ha="center",
+                  transform=axis.transAxes)
     else:
         accuracy, mean_confidence = calibration_curve(correct, confidence, n_bins=bins, strategy="uniform")
         axis.plot(mean_confidence, accuracy, marker="o", label="model")
@@ -147,13 +150,13 @@ def reliability_figure(targets: np.ndarray, probabilities: np.ndarray, bins: int
 def coverage_figure(curve: dict[str, np.ndarray], abstention: dict | None):
     plt = _pyplot()
     figure, axis = plt.subplots(figsize=(4.6, 3.8))
-    axis.plot(curve["coverage"], curve["accuracy"], drawstyle="steps-post")
+    axis.plot(curve["coverage"], curve["accuracy"], drawstyle="steps-post", marker="o", ms=2)
     if abstention is not None and abstention["coverage"] > 0:
         axis.scatter([abstention["coverage"]], [abstention["covered_accuracy"]], color="red", zorder=3,
                      label=f"--abstain {abstention['threshold']:g}")
         axis.legend(fontsize=8, loc="lower left")
     axis.set(xlabel="coverage (share of lesions not abstained on)", ylabel="accuracy on covered lesions",
-             title="abstention: coverage vs accuracy", xlim=(0, 1.02))
+             title="abstention: coverage vs accuracy", xlim=(0, 1.02), ylim=(0, 1.02))
     return figure
 
 
@@ -162,13 +165,15 @@ def _normalised(image: np.ndarray) -> np.ndarray:
     return np.clip((image - low) / (high - low), 0, 1) if high > low else np.zeros_like(image)
 
 
-def mid_slices(patch: np.ndarray) -> np.ndarray:
-    """The central axial slice of every channel, each scaled to its own 1-99th percentile, side by side."""
+def mid_slices(patch: np.ndarray, channels: tuple[str, ...] = ()) -> np.ndarray:
+    """The central axial slice of every channel side by side: images scaled to their own 1-99th percentile, the
+    mask on a fixed 0-1 scale (a percentile scale turns a lesion covering under 1% of the slice black)."""
     middle = patch.shape[1] // 2
     gap = np.ones((patch.shape[2], 1))
     pieces = []
     for c in range(patch.shape[0]):
-        pieces += [_normalised(patch[c, middle]), gap]
+        is_mask = c < len(channels) and channels[c] == "mask"
+        pieces += [np.clip(patch[c, middle], 0, 1) if is_mask else _normalised(patch[c, middle]), gap]
     return np.hstack(pieces[:-1])
 
 
@@ -182,7 +187,7 @@ def montage_figure(groups: list[tuple[str, np.ndarray, list[str]]], channels: tu
             axis = axes[row, column]
             axis.axis("off")
             if column < len(patches):
-                axis.imshow(mid_slices(patches[column]), cmap="gray", vmin=0, vmax=1)
+                axis.imshow(mid_slices(patches[column], channels), cmap="gray", vmin=0, vmax=1)
                 axis.set_title(captions[column], fontsize=7)
         axes[row, 0].text(-0.05, 0.5, title, transform=axes[row, 0].transAxes, ha="right", va="center", fontsize=8)
     figure.suptitle(f"mid axial slices: {' | '.join(channels)}", fontsize=9)
@@ -207,4 +212,31 @@ def saliency_figure(backgrounds: np.ndarray, maps: np.ndarray, captions: list[st
         axes[0, i].set_title(captions[i], fontsize=7)
     figure.suptitle(f"top: {background_name}; bottom: saliency overlaid"
                     + ("; cyan: lesion mask" if masks is not None else ""), fontsize=9)
+    return figure
+
+
+def overview_figure(background: np.ndarray, labels: np.ndarray, slices: list[int], colours: dict[int, str],
+                    names: dict[int, str], background_name: str):
+    """Axial slices (canonical RAS arrays: z is the third axis) of the background with the label map overlaid in
+    the legend's colours; a legend of the calls present."""
+    from matplotlib.colors import to_rgb
+    from matplotlib.patches import Patch
+
+    plt = _pyplot()
+    figure, axes = plt.subplots(1, len(slices), figsize=(2.3 * len(slices), 2.9), squeeze=False)
+    low, high = np.percentile(background[background != 0] if np.any(background) else background, [1, 99])
+    present = sorted(int(v) for v in np.unique(labels) if v)
+    palette = np.zeros((max(colours) + 1, 4))
+    for value, colour in colours.items():
+        palette[value] = (*to_rgb(colour), 0.0 if value == 0 else 0.75)
+    for axis, z in zip(axes[0], slices, strict=True):
+        # rotate so anterior is up and the subject's right is on the image's left (radiological convention)
+        axis.imshow(np.rot90(background[:, :, z]), cmap="gray", vmin=low, vmax=high if high > low else low + 1)
+        axis.imshow(np.rot90(palette[np.clip(labels[:, :, z], 0, len(palette) - 1)]), interpolation="nearest")
+        axis.set_title(f"z = {z}", fontsize=8)
+        axis.axis("off")
+    figure.legend(handles=[Patch(color=colours[v], label=names[v]) for v in present], loc="lower center",
+                  ncol=max(1, min(len(present), 6)), fontsize=8, frameon=False)
+    figure.suptitle(f"label map over {background_name} (axial; subject's right on the left)", fontsize=9)
+    figure.subplots_adjust(bottom=0.14)
     return figure

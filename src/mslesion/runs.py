@@ -17,13 +17,22 @@ Ablation folder (`mslesion ablate`):
   runs/<channels>/seed<S>/fold<F>/   one run folder per grid point
   runs-binary/<channels>/seed<S>/fold<F>/   a phenotype CV grid's binary twins (same folds)
 
-Prediction folder (`mslesion predict`):
-  lesion_predictions.csv   every lesion of every subject (its own name: not evaluate's predictions.csv)
-  summary.csv              per subject: lesion count and volume per predicted class
-  predict_config.json      the resolved PredictConfig, the run's classes and channels
-  errors.csv               with --continue-on-error: subjects that could not be predicted, and why
-  <subject>/lesions.csv · <subject>/summary.json · <subject>/<subject>_pred-label_dseg.nii.gz ·
-  <subject>/<subject>_pred-prob.nii.gz
+Prediction folder (`mslesion predict` on NIfTI subjects): a BIDS derivative dataset (TASK = binary, phenotype or
+custom: the model's class map; PREFIX = sub-<label>[_ses-<label>]):
+  dataset_description.json        DatasetType derivative; GeneratedBy: mslesion, its version, each command line
+  desc-TASK_dseg.tsv              the label map's legend: index, name, abbreviation, color
+  desc-TASK_dseg.itksnap.txt · desc-TASK_dseg.lut    the same legend for ITK-SNAP and FSLeyes
+  lesion_predictions.csv · lesion_predictions.json   every lesion of every subject, and what each column means
+  summary.csv                     per subject: lesion count and volume per call, flag counts, PRLs
+  predict_config.json             the resolved PredictConfig, the model (sha256), its classes and channels
+  errors.csv                      with --continue-on-error: subjects that could not be predicted, and why
+  sub-<label>/[ses-<label>/]anat/
+    PREFIX_desc-TASK_dseg.nii.gz            lesion voxels = their call (the legend's values)
+    PREFIX_label-<class>_probseg.nii.gz     one per class: each lesion's probability of that class
+    PREFIX_desc-TASK_lesions.tsv · .json    that subject's lesions (BIDS TSV: n/a for empty) and its columns
+    PREFIX_desc-TASK_summary.json           counts, volumes, the input files, notes, timings
+Several predict runs with the same model and settings may add subjects; a subject already there is replaced only
+with --overwrite. On a patch file (.h5) predict writes the top-level tables and predict_config.json only.
 
 Format versions: a file without `format_version` is version 1 (mslesion 0.1.0). See CHANGELOG.md.
 """
@@ -31,6 +40,7 @@ Format versions: a file without `format_version` is version 1 (mslesion 0.1.0). 
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import pickle
@@ -63,8 +73,10 @@ BINARY_TWIN_RUNS = "runs-binary"  # a phenotype CV grid's dedicated binary model
 DEMO_COHORT = "cohort.h5"
 # prediction folder
 PREDICT_CONFIG, LESION_PREDICTIONS, PREDICTION_SUMMARY = "predict_config.json", "lesion_predictions.csv", "summary.csv"
+LESION_PREDICTIONS_SIDECAR = "lesion_predictions.json"  # the columns of lesion_predictions.csv, described
 PREDICTION_ERRORS = "errors.csv"  # with --continue-on-error: the subjects that failed, and why
-SUBJECT_LESIONS, SUBJECT_SUMMARY = "lesions.csv", "summary.json"
+DATASET_DESCRIPTION = "dataset_description.json"
+BIDS_DATATYPE = "anat"
 
 # The lock a writer holds on a run (or prediction) folder, and where a replacement (--overwrite) is built
 RUN_LOCK = ".mslesion.lock"
@@ -202,7 +214,6 @@ def model_folder(spec: str | Path) -> Path:
 
 
 def file_sha256(path: Path) -> str:
-    import hashlib
 
     digest = hashlib.sha256()
     with open(path, "rb") as f:
@@ -345,13 +356,78 @@ def load_ablation_config(folder: Path) -> AblationConfig:
 # --- prediction folders -------------------------------------------------------------------------------------------
 
 
+# Settings that may differ between the predict runs adding subjects to one prediction folder: same results.
+PREDICTION_NEUTRAL_SETTINGS = ("out", "device", "threads", "batch_size")
+
+
+def prediction_record(run_dir: str | Path, config: dict, trained: TrainedModel,
+                      precision_used: str = "") -> dict:
+    """predict_config.json: the settings, the model (by sha256, or the built-in's name and version), the precision
+    actually used, the synthetic generator version of the training data, and what the model predicts."""
+    return {**provenance(), "config": config, **model_provenance(run_dir), "synth_version": trained.synth_version,
+            "precision_used": precision_used, "channels": list(trained.channels),
+            "classes": trained.class_map.spec(), "temperature": trained.temperature,
+            "patch_size": trained.model.patch_size}
+
+
+def changed_prediction_settings(saved: dict, wanted: dict) -> list[str]:
+    """What differs between a prediction folder's record and a new run's (settings that change results only)."""
+    changed = [k for k in ("model_sha256", "channels", "classes", "temperature", "patch_size")
+               if saved.get(k) != wanted[k]]
+    old, new = saved.get("config", {}), wanted["config"]
+    return changed + sorted(k for k in new if k not in PREDICTION_NEUTRAL_SETTINGS and old.get(k) != new[k])
+
+
 def is_prediction_folder(folder: Path) -> bool:
     return (Path(folder) / PREDICT_CONFIG).exists()
 
 
-def label_map_name(subject: str) -> str:
-    return f"{subject}_pred-label_dseg.nii.gz"
+def subject_folder(subject: str, session: str = "") -> Path:
+    """The folder one predict writes per subject (and session), relative to the prediction folder: the unit that
+    --overwrite replaces. `subject` and `session` are BIDS labels (without sub-/ses-)."""
+    return Path(f"sub-{subject}") / (f"ses-{session}" if session else "")
 
 
-def probability_map_name(subject: str) -> str:
-    return f"{subject}_pred-prob.nii.gz"
+def subject_prefix(subject: str, session: str = "") -> str:
+    return f"sub-{subject}" + (f"_ses-{session}" if session else "")
+
+
+def anat_folder(subject: str, session: str = "") -> Path:
+    return subject_folder(subject, session) / BIDS_DATATYPE
+
+
+def label_map_name(prefix: str, task: str) -> str:
+    return f"{prefix}_desc-{task}_dseg.nii.gz"
+
+
+def probability_map_name(prefix: str, label: str) -> str:
+    return f"{prefix}_label-{label}_probseg.nii.gz"
+
+
+def lesion_table_name(prefix: str, task: str) -> str:
+    return f"{prefix}_desc-{task}_lesions.tsv"
+
+
+def lesion_table_sidecar_name(prefix: str, task: str) -> str:
+    return f"{prefix}_desc-{task}_lesions.json"
+
+
+def subject_summary_name(prefix: str, task: str) -> str:
+    return f"{prefix}_desc-{task}_summary.json"
+
+
+def legend_name(task: str) -> str:
+    return f"desc-{task}_dseg.tsv"
+
+
+def itksnap_legend_name(task: str) -> str:
+    return f"desc-{task}_dseg.itksnap.txt"
+
+
+def fsleyes_legend_name(task: str) -> str:
+    return f"desc-{task}_dseg.lut"
+
+
+def subject_summaries(folder: Path) -> list[Path]:
+    """The per-subject summaries of a prediction folder, in subject (then session) order."""
+    return sorted(Path(folder).glob(f"sub-*/**/{BIDS_DATATYPE}/sub-*_summary.json"))

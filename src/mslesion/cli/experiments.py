@@ -74,18 +74,27 @@ def ablate_command(
 
 @app.command("report")
 def report_command(
-    folder: Annotated[Path, typer.Argument(help="Run folder (mslesion train) or ablation folder (mslesion ablate).")],
+    folder: Annotated[Path, typer.Argument(help="Run folder (mslesion train), ablation folder (mslesion ablate) or "
+                                                "prediction folder (mslesion predict).")],
     out: Annotated[Path, option(ReportConfig, "out", "--out", "-o")] = Path(REPORT.out),
     abstain: Annotated[float, option(ReportConfig, "abstain")] = REPORT.abstain,
     examples: Annotated[int, option(ReportConfig, "examples")] = REPORT.examples,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing report file.")] = False,
     quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
 ) -> None:
-    """Write a self-contained HTML report: curves, confusion matrix, ROC, calibration, lesions, saliency."""
+    """Write a self-contained HTML report. A run or ablation: metrics with CIs, curves, confusion matrix, ROC,
+    calibration, lesions, saliency. A prediction folder: per subject the lesion burden, overview slices with the
+    label map and every lesion; a cohort table."""
     from mslesion.report import write_report
+    from mslesion.runs import is_prediction_folder
 
-    path = write_report(ReportConfig(folder=str(folder), out=str(out), abstain=abstain, examples=examples), overwrite,
-                        show_progress=not quiet)
+    if is_prediction_folder(folder):
+        from mslesion.report_predictions import write_prediction_report
+
+        path = write_prediction_report(folder, out, overwrite, show_progress=not quiet)
+    else:
+        path = write_report(ReportConfig(folder=str(folder), out=str(out), abstain=abstain, examples=examples),
+                            overwrite, show_progress=not quiet)
     console.print(f"wrote {path}")
 
 

@@ -111,7 +111,8 @@ def predict_command(
     in_memory: Annotated[str, option(PredictConfig, "in_memory")] = PREDICT.in_memory,
     overwrite: Overwrite = False, continue_on_error: ContinueOnError = False, quiet: Quiet = False,
 ) -> None:
-    """Classify every lesion of new subjects: per-lesion CSV, label and probability maps, summaries."""
+    """Classify every lesion of new subjects into a BIDS derivative folder: label and probability maps, lesion
+    tables, summaries (a patch file: tables only). Later runs add subjects; --overwrite replaces existing ones."""
     from mslesion.data.extract import FLAGS
     from mslesion.data.subjects import discover
     from mslesion.predict import predict_patch_file, predict_subjects
@@ -127,17 +128,28 @@ def predict_command(
         summaries = predict_patch_file(cfg, source, show_progress=not quiet, overwrite=overwrite)
     else:
         subjects = discover(source, mask, flair, qsm, phenotype, subject)
-        summaries, failures = predict_subjects(cfg, subjects, not quiet, overwrite, continue_on_error)
+        summaries, failures = predict_subjects(cfg, subjects, not quiet, overwrite, continue_on_error,
+                                               command=command_line())
     for summary in summaries:
-        _print_notes(summary["subject"], summary.get("notes", []))
+        name = "_".join(filter(None, (summary.get("participant_id") or summary.get("subject"),
+                                      summary.get("session_id"))))
+        _print_notes(name, summary.get("notes", []))
         counts = ", ".join(f"{k[2:]} {v}" for k, v in summary.items()
                            if k.startswith("n_") and k[2:] not in FLAGS and v)
         message = f"{summary['lesions']} lesions" + (f" ({counts})" if counts else "")
         if not summary["lesions"]:
             message = f"no lesions of at least {min_volume:g} mm³"
-        console.print(f"{summary['subject']}: {message}")
+        console.print(f"{name}: {message}")
     console.print(f"wrote predictions to {out}")
     report_failures(failures, len(summaries) + len(failures), out / PREDICTION_ERRORS)
+
+
+def command_line() -> str:
+    """This command as typed (recorded in the prediction folder's dataset_description.json)."""
+    import shlex
+    import sys
+
+    return shlex.join(["mslesion", *sys.argv[1:]])
 
 
 def report_failures(failures: list[dict], total: int, table: Path) -> None:

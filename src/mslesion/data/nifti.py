@@ -31,6 +31,11 @@ class ImageGrid:
     affine: np.ndarray  # canonical (RAS) voxel → world mm
     original_affine: np.ndarray  # the affine of the image this grid came from, before reorientation
     original_shape: tuple[int, int, int]
+    # The original header's units and qform/sform codes: outputs on this grid keep them (a viewer then places
+    # them exactly where it places the input; a scanner-anatomical sform stays scanner-anatomical).
+    xyzt_units: tuple[str, str] = ("mm", "unknown")
+    qform_code: int = 1
+    sform_code: int = 1
 
     @property
     def voxel_size_mm(self) -> tuple[float, float, float]:
@@ -123,18 +128,23 @@ def grid_of(canonical_img: nib.Nifti1Image, original: nib.Nifti1Image) -> ImageG
         affine=np.asarray(canonical_img.affine, dtype=np.float64),
         original_affine=np.asarray(original.affine, dtype=np.float64),
         original_shape=tuple(int(s) for s in original.shape[:3]),  # type: ignore[arg-type]
+        xyzt_units=tuple(original.header.get_xyzt_units()),  # type: ignore[arg-type]
+        qform_code=int(original.header["qform_code"]),
+        sform_code=int(original.header["sform_code"]),
     )
 
 
 def to_original_orientation(data: np.ndarray, grid: ImageGrid) -> nib.Nifti1Image:
-    """A NIfTI image of canonical `data` ([X, Y, Z] or [X, Y, Z, T]) in the original orientation of `grid`."""
+    """A NIfTI image of canonical `data` ([X, Y, Z] or [X, Y, Z, T]) in the original orientation of `grid`, with
+    the original affine (exactly), units and qform/sform codes."""
     img = nib.Nifti1Image(data, grid.affine)
     back = orientations.ornt_transform(
         orientations.io_orientation(grid.affine), orientations.io_orientation(grid.original_affine)
     )
-    out = img.as_reoriented(back)
-    out.set_qform(out.affine, code=1)
-    out.set_sform(out.affine, code=1)
+    out = nib.Nifti1Image(np.asanyarray(img.as_reoriented(back).dataobj), grid.original_affine)
+    out.header.set_xyzt_units(*grid.xyzt_units)
+    out.set_qform(grid.original_affine, code=grid.qform_code)
+    out.set_sform(grid.original_affine, code=grid.sform_code)
     return out
 
 
