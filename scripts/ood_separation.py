@@ -51,8 +51,30 @@ def trained_run(out: Path, data: Path, channels: tuple[str, ...], epochs: int) -
 
 def judged(run: Path, images: np.ndarray, volumes: np.ndarray | None) -> tuple[np.ndarray, list[list[str]]]:
     trained = load_trained(run)
-    flags, scores = ood_flags(trained.ood, trained.model, images, volumes, trained.channels)
+    flags, scores = ood_flags(refitted(run), trained.model, images, volumes, trained.channels)
     return scores, flags
+
+
+def refitted(run: Path) -> dict:
+    """The run's OOD statistics fitted again by this version of mslesion.ood (a run trained by an earlier version
+    keeps its weights; only the statistics, a function of the weights and the training data, are recomputed)."""
+    from mslesion.data.task import load_task
+    from mslesion.ood import fit_ood
+
+    if run in REFITTED:
+        return REFITTED[run]
+    trained = load_trained(run)
+    task = load_task(trained.config.data, trained.channels, trained.class_map)
+    split = read_json(run / SPLIT)
+    train_rows = np.asarray([r["index"] for r in split["train"]])
+    val_rows = np.asarray([r["index"] for r in split["val"]]) if split.get("val") else None
+    REFITTED[run] = fit_ood(trained.model, task.images[train_rows], task.targets[train_rows],
+                            task.images[val_rows] if val_rows is not None else None, task.volumes[train_rows],
+                            trained.channels)
+    return REFITTED[run]
+
+
+REFITTED: dict[Path, dict] = {}
 
 
 def test_split(run: Path, data: Path, channels: tuple[str, ...]):

@@ -69,15 +69,24 @@ class LesionNet(nn.Module):
         return self.classifier(self.embed(x))
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
-        """The penultimate features [N, F] (the flattened last block) that the classifier reads: the space in
-        which out-of-distribution lesions are measured (mslesion.ood)."""
+        """The penultimate features [N, F] (the flattened last block) that the classifier reads."""
+        return torch.flatten(self.features(self.normalise(x)), 1)
+
+    def block_outputs(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The output of every conv block, first to last (the out-of-distribution features, mslesion.ood)."""
+        outputs, x = [], self.normalise(x)
+        for block in self.features:
+            x = block(x)
+            outputs.append(x)
+        return outputs
+
+    def normalise(self, x: torch.Tensor) -> torch.Tensor:
+        """The input centred by the mean training image and scaled per channel (the net's first step)."""
         if self.is_channels_last():  # centre and change layout in one pass
             centred = torch.empty_like(x, dtype=torch.result_type(x, self.mean_image),
                                        memory_format=torch.channels_last_3d)
-            x = torch.sub(x, self.mean_image, out=centred).mul_(self.input_scale)
-        else:
-            x = (x - self.mean_image) * self.input_scale
-        return torch.flatten(self.features(x), 1)
+            return torch.sub(x, self.mean_image, out=centred).mul_(self.input_scale)
+        return (x - self.mean_image) * self.input_scale
 
     def channels_last(self, enabled: bool = True) -> LesionNet:
         """Conv weights and activations in channels-last 3D layout (oneDNN's fast path on CPU; cuDNN's on

@@ -8,10 +8,11 @@ training (`fit_ood`) the model stores what its training data looked like, and `p
 - intensity_outside_training_<channel>: more than 5% of the patch's voxels outside the central 99.8% of the
   training voxels of that channel (robust to the odd bright voxel, not to a rescaled or shifted image);
 - feature_outlier: the class-conditional Mahalanobis distance (Lee et al., NeurIPS 2018) of the lesion's
-  penultimate features from the training lesions, above the distance that 95% of the validation lesions (the
-  training lesions when there is no validation split) stay below. The features are first projected on their
-  leading principal components and the covariance is shrunk (Ledoit-Wolf): ~1,000 training lesions cannot
-  estimate a full 1,024-dimensional covariance, and the stored statistics stay small (~20 KB).
+  features (per conv block, the mean and spread of every feature map) from the training lesions, above the
+  distance that 95% of the validation lesions (the training lesions when there is no validation split) stay
+  below. The features are standardised and projected on their leading principal components, and the
+  covariance is shrunk (Ledoit-Wolf): ~1,000 training lesions cannot estimate a full 512-dimensional
+  covariance, and the stored statistics stay small (~140 KB).
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-FEATURE_COMPONENTS = 32
+OOD_VERSION = 2  # 2: block-wise feature statistics (0.4.0 development builds stored penultimate features)
+FEATURE_COMPONENTS = 64
 FEATURE_PASS = 0.95
 INTENSITY_QUANTILES = (0.001, 0.999)
 INTENSITY_PATCHES = 1024
@@ -35,11 +37,18 @@ def intensity_flag(channel: str) -> str:
 
 @torch.no_grad()
 def embeddings(model: torch.nn.Module, images, batch_size: int = 64, device: torch.device | str = "cpu") -> np.ndarray:
-    """Penultimate features [N, F] in fp32 (the flags must not depend on the machine's precision choice).
+    """The features the flags measure [N, F], in fp32 (the flags must not depend on the machine's precision):
+    per conv block, each feature map's mean and standard deviation over space. Low blocks see texture, noise
+    and resolution; the last sees what the classifier reads (Lee et al. use several layers for the same reason:
+    the penultimate layer alone barely moves under a change of noise or voxel size).
     `images`: a tensor, an array or a PatchReader (read batch by batch)."""
     model.eval().to(device)
-    out = [model.embed(torch.as_tensor(images[s:s + batch_size]).to(device)).float().cpu()
-           for s in range(0, len(images), batch_size)]
+    out = []
+    for s in range(0, len(images), batch_size):
+        blocks = model.block_outputs(torch.as_tensor(images[s:s + batch_size]).to(device).float())
+        spatial = (2, 3, 4)
+        out.append(torch.cat([torch.cat([b.mean(dim=spatial), b.std(dim=spatial, correction=0)], 1) for b in blocks],
+                             1).cpu())
     return torch.cat(out).numpy().astype(np.float64) if out else np.zeros((0, 1))
 
 
@@ -59,9 +68,9 @@ def fit_ood(model: torch.nn.Module, train_images, train_targets: np.ndarray,
     from sklearn.covariance import LedoitWolf
 
     features = embeddings(model, train_images, device=device)
-    mean = features.mean(0)
-    _, _, vt = np.linalg.svd(features - mean, full_matrices=False)
-    components = vt[: min(FEATURE_COMPONENTS, len(features) - 1)].T
+    mean, scale = features.mean(0), features.std(0) + 1e-6  # means and spreads of maps differ in scale by 100×
+    _, _, vt = np.linalg.svd((features - mean) / scale, full_matrices=False)
+    components = vt[: min(FEATURE_COMPONENTS, len(features) - 1)].T / scale[:, None]  # standardise, then project
     projected = (features - mean) @ components
     classes = np.unique(train_targets)
     class_means = np.stack([projected[train_targets == c].mean(0) for c in classes])
@@ -80,6 +89,7 @@ def fit_ood(model: torch.nn.Module, train_images, train_targets: np.ndarray,
             intensity[channel] = [float(q) for q in np.quantile(sample, INTENSITY_QUANTILES)]
     return {
         **{k: torch.as_tensor(v, dtype=torch.float32) for k, v in stats.items()},
+        "version": OOD_VERSION,
         "feature_threshold": float(np.quantile(scores, FEATURE_PASS)),
         "threshold_from": "training" if val_images is None else "validation",
         "intensity_range": intensity,
@@ -120,6 +130,8 @@ def ood_flags(stats: dict, model: torch.nn.Module, images: np.ndarray, volumes: 
             outside = ((values < low) | (values > high)).mean(axis=(1, 2, 3))
             for n in np.flatnonzero(outside > OUTSIDE_FRACTION):
                 flags[n].append(intensity_flag(channel))
+    if stats.get("version") != OOD_VERSION:  # statistics of other features: the feature flag cannot be judged
+        return flags, np.full(len(images), np.nan)
     scores = feature_scores(stats, model, images, device)
     for n in np.flatnonzero(scores > stats["feature_threshold"]):
         flags[n].append(FEATURE_FLAG)
