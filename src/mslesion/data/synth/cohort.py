@@ -10,8 +10,9 @@ The mask channel marks the centred lesion only: neighbouring lesions may show in
 do in real patches, but the mask says which lesion the label belongs to.
 
 Classes follow the paper's Table 1 and the QSM criteria of Rahmanzadeh et al. (2022): what separates them
-is the lesion's susceptibility relative to white matter (and a rim); size and FLAIR brightness differ only
-weakly (demyelinating lesions a little larger and brighter), so FLAIR and mask alone carry a weak signal.
+is the lesion's susceptibility relative to white matter (and a rim); demyelinating lesions are larger and
+FLAIR brightness is alike for all classes (v3; `lesions.CLASS_APPEARANCE`), so FLAIR and mask alone carry a
+weak signal (size, shape). Class 1 is heterogeneous (`lesions.CLASS1_KINDS`).
 Patients differ in scanner gain, noise, QSM reconstruction and lesion load, so a patient-grouped split is
 a harder, more honest test than a lesion-level one.
 """
