@@ -82,6 +82,10 @@ def main() -> None:
                        f"--batch-size {args.batch_size}",
         })
         print(json.dumps(cards[-1]), flush=True)
+        write_index(cards)  # after every model: a finished model is usable while the next one trains
+
+
+def write_index(cards: list[dict]) -> None:
     index = builtin_root() / BUILTIN_INDEX
     existing = json.loads(index.read_text())["models"] if index.exists() else []
     merged = {c["name"]: c for c in existing} | {c["name"]: c for c in cards}

@@ -136,6 +136,8 @@ def test_the_readme_recipe_without_mslesion_reproduces_predict(tmp_path, monkeyp
     from test_extract import write_subject
     from test_predict import make_run
 
+    from mslesion.runs import LESION_PREDICTIONS
+
     recipe = Path(__file__).resolve().parents[1] / "docs" / "run_onnx.py"
     readme = (recipe.parents[1] / "README.md").read_text()
     assert recipe.read_text().split('"""\n\n', 1)[1] in readme, "the README shows docs/run_onnx.py as it is"
@@ -148,7 +150,7 @@ def test_the_readme_recipe_without_mslesion_reproduces_predict(tmp_path, monkeyp
                           tmp_path / "pred", "--precision", "fp32", "--quiet"], monkeypatch, capsys)
     assert code == 0, text
     expected = {int(r["lesion"]): (float(r["p_remyelinating"]), float(r["p_demyelinating"]))
-                for r in csv.DictReader((tmp_path / "pred" / "sub-1" / "lesions.csv").open())}
+                for r in csv.DictReader((tmp_path / "pred" / LESION_PREDICTIONS).open())}  # sub-1's lesions
     result = subprocess.run([sys.executable, str(recipe), str(model_path), str(s.mask), f"flair={s.flair}",
                              f"qsm={s.qsm}"], capture_output=True, text=True, check=True)
     got = {int(r["lesion"]): (float(r["p_remyelinating"]), float(r["p_demyelinating"]))

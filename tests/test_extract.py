@@ -316,7 +316,8 @@ def test_jobs_give_the_same_files_as_one_process(tmp_path):
         assert [r.subject for r in results] == ["sub-0", "sub-1", "sub-3", "sub-4"]
         assert [f["subject"] for f in failures] == ["sub-2"]
         outputs[jobs] = _outputs(Path(config.out))
-    assert set(outputs[1]) == {"patches.h5", "patches_lesions.csv", "patches_extract.json", "patches_errors.csv"}
+    assert set(outputs[1]) == {"patches.h5", "patches_lesions.csv", "patches_extract.json", "patches_errors.csv",
+                               "patches_labels_template.csv"}
     assert outputs[1] == outputs[2]  # byte for byte
     assert len(read_patches(config.out)) == 3 + 2 + 2 + 1
 
