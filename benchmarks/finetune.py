@@ -59,7 +59,8 @@ def draw_file(patches, pool: np.ndarray, test: np.ndarray, n: int, draw: int, ou
 def run(data: Path, out: Path, channels: tuple[str, ...], init: str, epochs: int) -> Predictions:
     if not (out / PREDICTIONS).exists():
         train(TrainConfig(data=str(data), out=str(out), channels=channels, split="predefined", augment="random",
-                          epochs=epochs, batch_size=16, lr=0.001, lr_milestones=(max(1, epochs - 3),), init=init, seed=0),
+                          epochs=epochs, batch_size=16, lr=0.001, lr_milestones=(max(1, epochs - 3),), init=init,
+                          seed=0),
               show_progress=False)
         evaluate(EvaluateConfig(run=str(out)))
     p = read_predictions(out / PREDICTIONS)
