@@ -26,6 +26,7 @@ from mslesion.errors import InputError
 from mslesion.metrics import (
     SUMMARY_METRICS,
     Predictions,
+    derived_binary_score,
     paired_comparison,
     patient_bootstrap,
     phenotype_metrics,
@@ -225,8 +226,7 @@ def derived_binary(pooled: RunPredictions, class_map: ClassMap) -> Predictions:
     by p_dem / (p_rem + p_dem); in file order, as the binary twin's predictions are."""
     remyelinating, demyelinating = class_map.class_of(2, 6), class_map.class_of(3, 5)
     keep = np.isin(pooled.targets, remyelinating + demyelinating)
-    p_dem = pooled.probabilities[keep][:, demyelinating].sum(1)
-    score = p_dem / np.maximum(p_dem + pooled.probabilities[keep][:, remyelinating].sum(1), 1e-12)
+    score = derived_binary_score(pooled.probabilities[keep], remyelinating, demyelinating)
     targets = np.isin(pooled.targets[keep], demyelinating).astype(np.int64)
     return Predictions(targets, np.stack([1 - score, score], 1), pooled.patients[keep])
 

@@ -289,6 +289,12 @@ def _with_interval(estimate: float, low: float, high: float) -> dict[str, float]
     return {"estimate": estimate, "low": float(low), "high": float(high)}
 
 
+def derived_binary_score(probabilities: np.ndarray, remyelinating: list[int], demyelinating: list[int]) -> np.ndarray:
+    """A phenotype model's demyelinating score on the binary task: p_dem / (p_rem + p_dem)."""
+    p_dem = probabilities[:, demyelinating].sum(1)
+    return p_dem / np.maximum(p_dem + probabilities[:, remyelinating].sum(1), 1e-12)
+
+
 def phenotype_metrics(targets: np.ndarray, probabilities: np.ndarray, class_names: tuple[str, ...],
                       patients: np.ndarray, gate_class: int, remyelinating: list[int], demyelinating: list[int],
                       volumes: np.ndarray | None = None, n_resamples: int = 1000, seed: int = 0) -> dict:
@@ -317,8 +323,7 @@ def phenotype_metrics(targets: np.ndarray, probabilities: np.ndarray, class_name
 
     gate_y, gate_score = targets == gate_class, probabilities[:, gate_class]
     derived = np.isin(targets, remyelinating + demyelinating)
-    p_dem = probabilities[:, demyelinating].sum(1)
-    binary_score = p_dem / np.maximum(p_dem + probabilities[:, remyelinating].sum(1), 1e-12)
+    binary_score = derived_binary_score(probabilities, remyelinating, demyelinating)
     binary_y = np.isin(targets, demyelinating)
     matched = volume_matched(gate_y, volumes, seed) if volumes is not None else None
 
