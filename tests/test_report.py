@@ -60,6 +60,22 @@ def ablation_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return Path(cfg.out)
 
 
+def browser_screenshot(page: Path, screenshot: Path, height: int, width: int = 1200) -> np.ndarray:
+    """The page rendered by headless Chromium, as pixels [height, width, channels]; skips without Chromium."""
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if browser is None:
+        pytest.skip("no chromium on PATH (scripts/install_test_browser.sh installs it where apt works)")
+    result = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", f"--screenshot={screenshot}",
+                             f"--window-size={width},{height}", page.resolve().as_uri()],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    import matplotlib.image
+
+    pixels = matplotlib.image.imread(screenshot)
+    assert pixels.shape[:2] == (height, width)
+    return pixels
+
+
 def outline(path: Path) -> Outline:
     parser = Outline()
     parser.feed(path.read_text(encoding="utf-8"))
@@ -94,18 +110,7 @@ def test_run_report_and_browser_rendering(ablation_dir: Path, tmp_path: Path) ->
         row = rf"<td>{metric}</td><td>([\d.]+)</td><td>\[([\d.]+), ([\d.]+)\]</td>"
         estimate, low, high = map(float, re.search(row, text).groups())
         assert low <= estimate <= high  # the toy task is easy: [1.000, 1.000] is possible
-    browser = shutil.which("chromium") or shutil.which("chromium-browser")
-    if browser is None:
-        pytest.skip("no chromium on PATH (scripts/install_test_browser.sh installs it where apt works)")
-    screenshot = tmp_path / "shot.png"
-    result = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", f"--screenshot={screenshot}",
-                             "--window-size=1200,2400", out.resolve().as_uri()],
-                            capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stderr[-2000:]
-    import matplotlib.image
-
-    pixels = matplotlib.image.imread(screenshot)
-    assert pixels.shape[:2] == (2400, 1200)
+    pixels = browser_screenshot(out, tmp_path / "shot.png", height=2400)
     assert pixels.std() > 0.05  # not a blank page: text and figures were drawn
 
 
