@@ -229,3 +229,10 @@ def test_one_plain_line_per_epoch_and_a_warning_when_training_will_take_hours(tm
         assert warnings[0] in (tmp_path / "plain" / "train.log").read_text()
     else:
         assert warnings == []
+
+
+def test_train_log_is_written_when_the_host_program_configured_logging(tmp_path, monkeypatch):
+    # logging.config.dictConfig (import-linter, many applications) disables every logger that already exists
+    monkeypatch.setattr(train_module.log, "disabled", True)
+    train(toy_config(tmp_path, "hosted", epochs=1), show_progress=False)
+    assert "epoch 1" in (tmp_path / "hosted" / "train.log").read_text()

@@ -387,6 +387,7 @@ def setup_logging(run_dir: Path) -> logging.Handler:
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     log.addHandler(handler)
     log.setLevel(logging.INFO)
+    log.disabled = False  # a host program's logging.config.dictConfig disables existing loggers; train.log is ours
     return handler
 
 
