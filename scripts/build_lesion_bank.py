@@ -22,9 +22,9 @@ from mslesion.data.synth.shapes import BANK_FILE, BUILD_MASKS, MAX_PARTS, pack, 
 
 MIN_VOXELS = 10  # 10 mm³ at 1 mm: extract's default minimum volume
 
-# The options the shipped bank was cut with (extract's default min_neck_mm later became 0.8): rebuilding with
-# them reproduces lesion_bank.npz.
-BANK_SPLIT = SplitOptions(min_separation_mm=4.0, min_radius_mm=1.5, min_neck_mm=1.0)
+# The options the shipped bank was cut with (extract's defaults later became min_neck_mm 0.8, and a smoothed
+# distance map): rebuilding with them reproduces lesion_bank.npz.
+BANK_SPLIT = SplitOptions(min_separation_mm=4.0, min_radius_mm=1.5, min_neck_mm=1.0, smoothing_mm=0.0)
 
 
 def mask_path(data: Path, name: str) -> Path:
