@@ -22,7 +22,7 @@ from mslesion import __version__
 from mslesion.config import EvaluateConfig, SynthConfig, TrainConfig
 from mslesion.data.synth.cohort import SYNTH_VERSION, write_cohort
 from mslesion.evaluate import evaluate
-from mslesion.runs import BUILTIN_INDEX, MODEL, builtin_root
+from mslesion.runs import BUILTIN_INDEX, CHECKPOINT, MODEL, builtin_root
 
 MODELS = (  # name, channels, task
     ("flair-qsm-mask-binary", ("flair", "qsm", "mask"), "binary"),
@@ -67,7 +67,8 @@ def main() -> None:
 
             train(TrainConfig(data=str(data), out=str(run), channels=channels, task=task, split="patient",
                               val_fraction=0.1, augment="random", epochs=args.epochs, lr_milestones=milestones,
-                              batch_size=args.batch_size, seed=0), show_progress=False)
+                              batch_size=args.batch_size, seed=0),
+                  resume=(run / CHECKPOINT).exists(), show_progress=False)  # an interrupted model continues
         metrics = evaluate(EvaluateConfig(run=str(run)))
         target = builtin_root() / name
         target.mkdir(parents=True, exist_ok=True)
