@@ -114,6 +114,8 @@ def test_a_second_writer_of_a_run_folder_fails_at_once_naming_the_holder(tmp_pat
 SIGNAL_AT = """
 import os, signal
 import mslesion.{module} as stage
+# Ctrl-C as at a terminal: a job started in the background by a shell (nohup ... &) inherits SIGINT ignored
+signal.signal(signal.SIGINT, signal.default_int_handler)
 original, calls = stage.{function}, [0]
 def signalling(*args, **kwargs):
     calls[0] += 1
