@@ -64,12 +64,13 @@ class PatientEffects:
     tkd_threshold: float  # QSM reconstruction setting
     qsm_offset_ppm: float  # QSM reference-region offset
     texture_ppm: float  # white-matter susceptibility texture standard deviation
+    lesion_contrast: float = 1.0  # multiplies every lesion's susceptibility (SynthConfig.lesion_contrast)
 
     @classmethod
     def draw(cls, rng: np.random.Generator, cfg: SynthConfig) -> PatientEffects:
         return cls(
             flair_gain=float(np.exp(rng.normal(0.0, 0.3))),
-            flair_contrast=float(np.exp(rng.normal(0.0, 0.15))),
+            flair_contrast=float(np.exp(rng.normal(0.0, 0.15))) * cfg.lesion_contrast,
             flair_noise=float(rng.uniform(0.02, 0.06)),
             bias_amplitude=float(rng.uniform(0.02, 0.08)),
             # Effective field noise: thermal noise (~1-3 ppb at 3T) plus background-removal and model errors;
@@ -80,6 +81,7 @@ class PatientEffects:
             tkd_threshold=float(rng.uniform(0.1, 0.2)),
             qsm_offset_ppm=float(rng.normal(0.0, 0.004)),
             texture_ppm=float(rng.uniform(0.003, 0.008)),
+            lesion_contrast=cfg.lesion_contrast,
         )
 
 
@@ -105,7 +107,7 @@ def synth_patch(cfg: SynthConfig, patient: PatientEffects, code: int, rng: np.ra
         rendered = render_lesion(lesion, fov)
         if rendered is None:
             continue
-        chi[rendered.box] += rendered.chi_ppm
+        chi[rendered.box] += rendered.chi_ppm * np.float32(patient.lesion_contrast)
         np.maximum(flair_excess[rendered.box], rendered.flair_excess, out=flair_excess[rendered.box])
         if index == 0:
             mask[rendered.box] = rendered.inside
