@@ -120,7 +120,7 @@ def test_write_cohort_round_trip(tmp_path):
     assert read.channels == MS_CHANNELS and "synth" in read.source
     assert json.loads(read.attrs["synth_config"])["seed"] == TINY.seed
     assert int(read.attrs["synth_patients"]) == TINY.patients
-    assert int(read.attrs["synth_version"]) == SYNTH_VERSION == 3
+    assert int(read.attrs["synth_version"]) == SYNTH_VERSION == 4
     assert f"v{SYNTH_VERSION}" in read.source
 
 

@@ -10,9 +10,9 @@ The mask channel marks the centred lesion only: neighbouring lesions may show in
 do in real patches, but the mask says which lesion the label belongs to.
 
 Classes follow the paper's Table 1 and the QSM criteria of Rahmanzadeh et al. (2022): what separates them
-is the lesion's susceptibility relative to white matter (and a rim); demyelinating lesions are larger and
-FLAIR brightness is alike for all classes (v3; `lesions.CLASS_APPEARANCE`), so FLAIR and mask alone carry a
-weak signal (size, shape). Class 1 is heterogeneous (`lesions.CLASS1_KINDS`).
+is the lesion's susceptibility relative to white matter (and a rim); demyelinating lesions are larger and a
+little brighter on FLAIR (v4; `lesions.CLASS_APPEARANCE`), so FLAIR and mask alone carry a weak signal (size,
+shape, brightness). Class 1 is heterogeneous (`lesions.CLASS1_KINDS`).
 Patients differ in scanner gain, noise, QSM reconstruction and lesion load, so a patient-grouped split is
 a harder, more honest test than a lesion-level one.
 """
@@ -42,8 +42,9 @@ from mslesion.data.synth.lesions import (
 )
 from mslesion.paper import MS_CHANNELS, PAPER_PATIENTS, TABLE1_COUNTS, TRAINED_CODES
 
-SYNTH_VERSION = 3  # 2: real lesion shapes (shapes.py), confluent lesions; 3: class appearance recalibrated
-# for the real shapes, class 1 of several kinds (lesions.CLASS1_KINDS)
+SYNTH_VERSION = 4  # 2: real lesion shapes (shapes.py), confluent lesions; 3: class appearance recalibrated
+# for the real shapes, class 1 of several kinds (lesions.CLASS1_KINDS); 4: remyelinated lesions a little less
+# bright on FLAIR than demyelinated ones (lesions.CLASS_APPEARANCE)
 
 
 def describe(cfg: SynthConfig) -> str:
