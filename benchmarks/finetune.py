@@ -2,11 +2,12 @@
 starter never saw.
 
 Target cohort: the synthetic generator with another configuration (default: 1 mm voxels instead of 0.65 mm,
-field noise ×1.5, lesion contrast ×0.7, another seed). Its patients are split once into a labelled pool (60%) and
-a test set (40%, never trained on). For each size (25, 50, 100 labelled lesions) and each of `--draws` random
-draws from the pool, the same protocol trains twice on the same lesions: from scratch, and from the starter
-(`train --init`). Both are evaluated on the same test lesions; the table gives the mean test ROC AUC over the
-draws and the fine-tuned − scratch difference with its patient-bootstrap 95% CI and paired permutation p-value
+field noise ×1.5, lesion contrast ×0.7 (`SynthConfig.lesion_contrast`), another seed). Its patients are split
+once into a labelled pool (60%) and a test set (40%, never trained on). For each size (25, 50, 100 labelled
+lesions) and each of `--draws` random draws from the pool, the same protocol trains twice on the same lesions:
+from scratch, and from the starter (`train --init`). Both are evaluated on the same test lesions; the table gives
+the mean test ROC AUC over the draws and the fine-tuned − scratch difference with its patient-bootstrap 95% CI
+and paired permutation p-value
 (mslesion.metrics.paired_comparison, the draws as repetitions).
 
     PYTHONPATH=src python benchmarks/finetune.py --starter builtin:flair-qsm-mask-binary --out /tmp/finetune
@@ -83,12 +84,9 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     starter = load_trained(args.starter)
     channels = starter.channels
-    fields = {f.name for f in dataclasses.fields(SynthConfig)}
-    settings = dict(patients=args.patients, labelled_only=True, voxel_size_mm=args.voxel_size,
-                    qsm_noise=args.qsm_noise, seed=args.seed, patch_size=starter.model.patch_size)
-    if "contrast" in fields:
-        settings["contrast"] = args.contrast
-    cfg = SynthConfig(**settings)
+    cfg = SynthConfig(patients=args.patients, labelled_only=True, voxel_size_mm=args.voxel_size,
+                      qsm_noise=args.qsm_noise, lesion_contrast=args.contrast, seed=args.seed,
+                      patch_size=starter.model.patch_size)
     patches = read_patches(target_cohort(args.out, cfg), channels)
     patients = np.unique(patches.patients)
     rng = np.random.default_rng(args.seed)

@@ -120,7 +120,7 @@ def test_write_cohort_round_trip(tmp_path):
     assert read.channels == MS_CHANNELS and "synth" in read.source
     assert json.loads(read.attrs["synth_config"])["seed"] == TINY.seed
     assert int(read.attrs["synth_patients"]) == TINY.patients
-    assert int(read.attrs["synth_version"]) == SYNTH_VERSION == 3
+    assert int(read.attrs["synth_version"]) == SYNTH_VERSION == 4
     assert f"v{SYNTH_VERSION}" in read.source
 
 
@@ -181,6 +181,26 @@ def test_mean_qsm_orders_hyper_above_wm_above_hypo():
     hypo = np.mean([lesion_minus_wm(p) for p in quiet_patches(6)])
     assert hyper > 0.005 and hypo < -0.005  # white matter is the reference: 0
     assert hyper > iso > hypo
+
+
+@pytest.mark.parametrize("code", [5, 6])
+def test_lesion_contrast_scales_the_lesion_and_nothing_else(code: int):
+    """SynthConfig.lesion_contrast (for cohorts shifted from the default) scales the lesion's QSM and FLAIR
+    contrast against white matter; the random stream and everything else stay the same."""
+    def contrasts(scale: float) -> np.ndarray:
+        cfg = replace(QUIET_CFG, lesion_contrast=scale)
+        patient = PatientEffects.draw(np.random.default_rng(3), cfg)
+        patient = replace(patient, field_noise_ppm=0.0, texture_ppm=0.0, bias_amplitude=0.0, qsm_offset_ppm=0.0)
+        patch = synth_patch(cfg, patient, code, np.random.default_rng(4))
+        mask = patch[2] > 0.5
+        return np.array([patch[c][mask].mean() / np.median(patch[c][~mask]) - 1 if c == 0 else
+                         patch[c][mask].mean() - np.median(patch[c][~mask]) for c in (0, 1)]), patch[2]
+
+    (full, mask_full), (weak, mask_weak) = contrasts(1.0), contrasts(0.5)
+    np.testing.assert_array_equal(mask_full, mask_weak)  # the same lesion: no extra random draws
+    assert abs(full[1]) > 0.01  # ppm: a plain QSM contrast at full scale
+    np.testing.assert_allclose(weak[1], 0.5 * full[1], rtol=0.15)  # QSM is linear in susceptibility
+    assert 0.3 * full[0] < weak[0] < 0.7 * full[0]  # FLAIR: about half the excess (noise and partial volume)
 
 
 def test_prl_rim_more_paramagnetic_than_core():

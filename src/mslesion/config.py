@@ -440,6 +440,9 @@ class SynthConfig:
     """Edge (voxels) of the field of view simulated around each patch, for the dipole convolution."""
     qsm_noise: float = 1.0
     """Multiplier on every patient's field noise (0: noiseless field; QSM still has TKD artefacts)."""
+    lesion_contrast: float = 1.0
+    """Multiplier on every lesion's contrast: its susceptibility (core, rim, texture) and its FLAIR excess; for
+    cohorts shifted from the default (e.g. 0.7: a scanner or protocol with weaker lesion contrast)."""
     neighbours_per_patch: float = 0.5
     """Mean number of other lesions near each lesion (they appear in FLAIR and QSM, not in the mask)."""
     veins_per_patch: float = 1.0
@@ -458,7 +461,7 @@ class SynthConfig:
             (isinstance(self.seed, int) and self.seed >= 0, f"seed must be an integer >= 0, got {self.seed}"),
             *((math.isfinite(getattr(self, name)) and getattr(self, name) >= 0,
                f"{name} must be >= 0, got {getattr(self, name)}")
-              for name in ("qsm_noise", "neighbours_per_patch", "veins_per_patch")),
+              for name in ("qsm_noise", "lesion_contrast", "neighbours_per_patch", "veins_per_patch")),
         )
         for ok, problem in checks:
             _require(ok, f"synthetic cohort: {problem}")

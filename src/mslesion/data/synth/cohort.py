@@ -10,9 +10,9 @@ The mask channel marks the centred lesion only: neighbouring lesions may show in
 do in real patches, but the mask says which lesion the label belongs to.
 
 Classes follow the paper's Table 1 and the QSM criteria of Rahmanzadeh et al. (2022): what separates them
-is the lesion's susceptibility relative to white matter (and a rim); demyelinating lesions are larger and
-FLAIR brightness is alike for all classes (v3; `lesions.CLASS_APPEARANCE`), so FLAIR and mask alone carry a
-weak signal (size, shape). Class 1 is heterogeneous (`lesions.CLASS1_KINDS`).
+is the lesion's susceptibility relative to white matter (and a rim); demyelinating lesions are larger and a
+little brighter on FLAIR (v4; `lesions.CLASS_APPEARANCE`), so FLAIR and mask alone carry a weak signal (size,
+shape, brightness). Class 1 is heterogeneous (`lesions.CLASS1_KINDS`).
 Patients differ in scanner gain, noise, QSM reconstruction and lesion load, so a patient-grouped split is
 a harder, more honest test than a lesion-level one.
 """
@@ -42,8 +42,9 @@ from mslesion.data.synth.lesions import (
 )
 from mslesion.paper import MS_CHANNELS, PAPER_PATIENTS, TABLE1_COUNTS, TRAINED_CODES
 
-SYNTH_VERSION = 3  # 2: real lesion shapes (shapes.py), confluent lesions; 3: class appearance recalibrated
-# for the real shapes, class 1 of several kinds (lesions.CLASS1_KINDS)
+SYNTH_VERSION = 4  # 2: real lesion shapes (shapes.py), confluent lesions; 3: class appearance recalibrated
+# for the real shapes, class 1 of several kinds (lesions.CLASS1_KINDS); 4: remyelinated lesions a little less
+# bright on FLAIR than demyelinated ones (lesions.CLASS_APPEARANCE)
 
 
 def describe(cfg: SynthConfig) -> str:
@@ -64,12 +65,13 @@ class PatientEffects:
     tkd_threshold: float  # QSM reconstruction setting
     qsm_offset_ppm: float  # QSM reference-region offset
     texture_ppm: float  # white-matter susceptibility texture standard deviation
+    lesion_contrast: float = 1.0  # multiplies every lesion's susceptibility (SynthConfig.lesion_contrast)
 
     @classmethod
     def draw(cls, rng: np.random.Generator, cfg: SynthConfig) -> PatientEffects:
         return cls(
             flair_gain=float(np.exp(rng.normal(0.0, 0.3))),
-            flair_contrast=float(np.exp(rng.normal(0.0, 0.15))),
+            flair_contrast=float(np.exp(rng.normal(0.0, 0.15))) * cfg.lesion_contrast,
             flair_noise=float(rng.uniform(0.02, 0.06)),
             bias_amplitude=float(rng.uniform(0.02, 0.08)),
             # Effective field noise: thermal noise (~1-3 ppb at 3T) plus background-removal and model errors;
@@ -80,6 +82,7 @@ class PatientEffects:
             tkd_threshold=float(rng.uniform(0.1, 0.2)),
             qsm_offset_ppm=float(rng.normal(0.0, 0.004)),
             texture_ppm=float(rng.uniform(0.003, 0.008)),
+            lesion_contrast=cfg.lesion_contrast,
         )
 
 
@@ -105,7 +108,7 @@ def synth_patch(cfg: SynthConfig, patient: PatientEffects, code: int, rng: np.ra
         rendered = render_lesion(lesion, fov)
         if rendered is None:
             continue
-        chi[rendered.box] += rendered.chi_ppm
+        chi[rendered.box] += rendered.chi_ppm * np.float32(patient.lesion_contrast)
         np.maximum(flair_excess[rendered.box], rendered.flair_excess, out=flair_excess[rendered.box])
         if index == 0:
             mask[rendered.box] = rendered.inside
