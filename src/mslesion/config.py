@@ -485,10 +485,9 @@ class LesionFinding:
     voxel_size_mm: tuple[float, ...] = ()
     """Resample every subject to this voxel size (3 values, or 1 for isotropic); empty = keep the grid."""
     split_confluent: bool = False
-    """Split confluent lesions at their centres (maxima of the distance transform smoothed by 0.4 mm, >= 4 mm
-    apart and 1.4 mm deep; a watershed; parts merged again across necks less than 0.8 mm shallower than the
-    shallower centre: data.lesions.SplitOptions): one patch, row and part number per lesion of a union, labelled
-    by its own phenotype code; without it a union of different codes is 1."""
+    """Split confluent lesions at their centres (maxima of a smoothed distance transform, a watershed, parts
+    merged again across shallow necks; the settings and why: data.lesions.SplitOptions): one patch, row and part
+    number per lesion of a union, labelled by its own phenotype code; without it a union of different codes is 1."""
 
     def __post_init__(self) -> None:
         _finite("--min-volume", self.min_volume_mm3)

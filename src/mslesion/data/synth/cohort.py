@@ -65,7 +65,6 @@ class PatientEffects:
     tkd_threshold: float  # QSM reconstruction setting
     qsm_offset_ppm: float  # QSM reference-region offset
     texture_ppm: float  # white-matter susceptibility texture standard deviation
-    lesion_contrast: float = 1.0  # multiplies every lesion's susceptibility (SynthConfig.lesion_contrast)
 
     @classmethod
     def draw(cls, rng: np.random.Generator, cfg: SynthConfig) -> PatientEffects:
@@ -82,7 +81,6 @@ class PatientEffects:
             tkd_threshold=float(rng.uniform(0.1, 0.2)),
             qsm_offset_ppm=float(rng.normal(0.0, 0.004)),
             texture_ppm=float(rng.uniform(0.003, 0.008)),
-            lesion_contrast=cfg.lesion_contrast,
         )
 
 
@@ -108,7 +106,7 @@ def synth_patch(cfg: SynthConfig, patient: PatientEffects, code: int, rng: np.ra
         rendered = render_lesion(lesion, fov)
         if rendered is None:
             continue
-        chi[rendered.box] += rendered.chi_ppm * np.float32(patient.lesion_contrast)
+        chi[rendered.box] += rendered.chi_ppm * np.float32(cfg.lesion_contrast)
         np.maximum(flair_excess[rendered.box], rendered.flair_excess, out=flair_excess[rendered.box])
         if index == 0:
             mask[rendered.box] = rendered.inside

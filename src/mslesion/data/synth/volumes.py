@@ -194,7 +194,7 @@ def subject_images(
     grey = anatomy.brain & ~anatomy.white_matter & ~anatomy.csf
     chi = np.where(grey, CHI_GREY_MATTER, 0.0).astype(np.float32)
     chi[anatomy.white_matter] = CHI_WHITE_MATTER
-    chi += lesions.chi_ppm * np.float32(patient.lesion_contrast)
+    chi += lesions.chi_ppm * np.float32(cfg.lesion_contrast)
     for _ in range(int(rng.poisson(6))):  # medullary veins crossing white matter
         point = rng.uniform(-0.3, 0.3, 3) * np.asarray(grid.shape) * grid.voxel_mm
         direction, radius = physics.unit_vector(rng), rng.uniform(0.3, 0.8)
