@@ -48,14 +48,47 @@ def test_plans_are_seeded_and_change_between_epochs():
     assert (none_k == 0).all() and sorted(none_items.tolist()) == list(range(50))
 
 
+@pytest.mark.parametrize(("augment", "group"), [("random", 48), ("flips", 8), ("none", 1)])
+def test_one_symmetry_modes_draw_from_their_group(augment, group):
+    patches, ks = epoch_plan(np.arange(2000), augment, 1, seed=3)
+    assert sorted(patches.tolist()) == list(range(2000))  # every patch once
+    assert set(ks.tolist()) == set(range(group))  # the whole group, nothing outside it
+
+
+def test_flips_never_exchange_axes():
+    # an anatomical frame's axes keep their meaning: each flip symmetry maps every axis onto itself
+    _, ks = epoch_plan(np.arange(200), "flips", 1, seed=0)
+    volume = torch.arange(2 * 3 * 4).view(2, 3, 4)  # unequal sides: an axis exchange would change the shape
+    for k in set(ks.tolist()):
+        assert apply_symmetry(volume, k).shape == volume.shape
+        assert torch.equal(symmetry_matrix_abs(k), torch.eye(3, dtype=torch.long))
+
+
+def symmetry_matrix_abs(k: int) -> torch.Tensor:
+    from mslesion.transforms import symmetry_matrix
+
+    return torch.as_tensor(abs(symmetry_matrix(k)))
+
+
+@pytest.mark.parametrize(("augment", "group"), [("none", 1), ("flips", 8), ("full", 48)])
+def test_batch_norm_pass_sees_the_orientations_training_saw(augment, group, monkeypatch):
+    # the population statistics must be those of the inputs the net trained on: no rotations for `none`
+    from mslesion import train as train_module
+
+    seen: list[int] = []
+    monkeypatch.setattr(train_module, "patch_batch", lambda images, idx, ks: seen.extend(ks.tolist()))
+    list(train_module.population_batches(torch.zeros(600, 1, 3, 3, 3), np.arange(600), 50, 0, augment))
+    assert len(seen) == 600 and set(seen) == set(range(group))
+
+
 def test_oversampling_doubles_the_first_class():
     train_idx = np.array([0, 1, 2, 3])
     targets = np.array([0, 1, 0, 1])
     assert sorted(oversampled(train_idx, targets, (2, 1)).tolist()) == [0, 0, 1, 2, 2, 3]
 
 
-@pytest.mark.parametrize("augment", ["none", "random"])
-def test_input_normalisation_equals_the_two_pass_definition(augment):
+@pytest.mark.parametrize(("augment", "group"), [("none", 1), ("random", 48), ("flips", 8)])
+def test_input_normalisation_equals_the_two_pass_definition(augment, group):
     # one pass (Σx, Σx²) must equal: mean image (symmetrised when augmenting), then 1/std about it per channel
     generator = torch.Generator().manual_seed(0)
     scales, offsets = torch.tensor([0.02, 3.0]).view(1, 2, 1, 1, 1), torch.tensor([0.5, -1.0]).view(1, 2, 1, 1, 1)
@@ -64,8 +97,7 @@ def test_input_normalisation_equals_the_two_pass_definition(augment):
     mean, scale = input_normalisation(images, items, augment)
     seen = images[torch.as_tensor(items)].double()
     expected_mean = seen.mean(0)
-    if augment != "none":
-        expected_mean = torch.stack([apply_symmetry(expected_mean, k) for k in range(48)]).mean(0)
+    expected_mean = torch.stack([apply_symmetry(expected_mean, k) for k in range(group)]).mean(0)
     expected_scale = 1 / (seen - expected_mean).pow(2).mean(dim=(0, 2, 3, 4)).sqrt()
     assert torch.allclose(mean.double(), expected_mean, atol=1e-6)
     assert torch.allclose(scale.flatten().double(), expected_scale, rtol=1e-5)

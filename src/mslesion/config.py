@@ -22,7 +22,7 @@ from mslesion import paper
 from mslesion.errors import InputError
 
 SPLITS = ("paper", "patient", "predefined")
-AUGMENT_MODES = ("full", "random", "none")
+AUGMENT_MODES = ("full", "random", "flips", "none")
 INPUT_NORMS = ("zscore", "zerocenter")
 PRECISIONS = ("auto", "bf16", "fp32")
 SELECTIONS = ("last", "val_auc", "val_accuracy", "val_loss")
@@ -189,7 +189,8 @@ class TrainConfig:
     ignores the input's scale: multi-channel nets then ignore QSM (measured: see the README, "Why per-channel
     scaling is the default")."""
     augment: str = "full"
-    """full: all 48 cube symmetries of every patch every epoch (the paper); random: one per patch; none."""
+    """full: all 48 cube symmetries of every patch every epoch (the paper); random: one of the 48 per patch and
+    epoch; flips: one of the 8 axis flips per patch and epoch (data in an anatomical frame); none."""
     oversample: tuple[int, ...] = paper.OVERSAMPLE
     """Copies of each training patch per class, in class-map order (the paper doubles the remyelinating class)."""
     epochs: int = paper.EPOCHS

@@ -64,7 +64,7 @@ from mslesion.runs import (
     write_run_config,
 )
 from mslesion.runtime import autocast_dtype, parse_device, set_threads, tune_for
-from mslesion.transforms import N_SYMMETRIES, apply_symmetry, gather_augmented
+from mslesion.transforms import N_SYMMETRIES, apply_symmetry, augmentation_symmetries, gather_augmented
 
 log = logging.getLogger("mslesion.train")
 # `train` warns (it does not stop) when the protocol, timed on its first steps, will take longer than this here
@@ -137,10 +137,10 @@ def epoch_plan(items: np.ndarray, augment: str, epoch: int, seed: int,
     if augment == "full":
         items_t = items_t.repeat_interleave(N_SYMMETRIES)
         ks = torch.arange(N_SYMMETRIES).repeat(len(items))
-    elif augment == "random":
-        ks = torch.randint(0, N_SYMMETRIES, (len(items),), generator=generator)
-    else:
+    elif augment == "none":
         ks = torch.zeros(len(items), dtype=torch.long)
+    else:  # one symmetry per patch, drawn from the mode's group (48 for random, 8 flips for flips)
+        ks = torch.randint(0, augmentation_symmetries(augment), (len(items),), generator=generator)
     order = torch.randperm(len(items_t), generator=generator)
     return items_t[order], ks[order]
 
@@ -203,8 +203,9 @@ def patch_rows(images, idx: torch.Tensor | np.ndarray) -> torch.Tensor:
 def input_normalisation(images, items: np.ndarray, augment: str) -> tuple[torch.Tensor, torch.Tensor]:
     """The 'zerocenter' mean image and the 'zscore' per-channel scale [C, 1, 1, 1], in one pass over the data.
 
-    The mean is that of the training set as the net sees it: over all 48 orientations (the symmetrised mean)
-    when augmenting. The scale is 1 / the standard deviation of the images about that mean, per channel:
+    The mean is that of the training set as the net sees it: averaged over the orientations the augmentation
+    draws from (all 48, the 8 flips, or none). The scale is 1 / the standard deviation of the images about that
+    mean, per channel:
     Σ(x − m)² = Σx² − 2·Σ(m·Σx) + N·Σm², so one pass collects Σx per voxel and Σx² per channel.
     """
     voxel_sums = torch.zeros(images.shape[1:], dtype=torch.float64)
@@ -215,8 +216,7 @@ def input_normalisation(images, items: np.ndarray, augment: str) -> tuple[torch.
         channel_squares += chunk.pow(2).sum(dim=(0, 2, 3, 4))
     n = len(items)
     mean = voxel_sums / n
-    if augment != "none":
-        mean = torch.stack([apply_symmetry(mean, k) for k in range(N_SYMMETRIES)]).mean(0)
+    mean = torch.stack([apply_symmetry(mean, k) for k in range(augmentation_symmetries(augment))]).mean(0)
     spatial = (1, 2, 3)
     squares_about_mean = channel_squares - 2 * (mean * voxel_sums).sum(spatial) + n * mean.pow(2).sum(spatial)
     std = (squares_about_mean.clamp_min(0) / (n * mean[0].numel())).sqrt()
@@ -330,13 +330,14 @@ def window_data(state: TrainingState, window: EpochWindow) -> tuple[torch.Tensor
     return block.to(target), rows.to(target), window.ks.to(target)
 
 
-def population_batches(images, items: np.ndarray, batch_size: int, seed: int):
-    """One pass over the training set (random orientations when augmenting) for the batch-norm statistics.
+def population_batches(images, items: np.ndarray, batch_size: int, seed: int, augment: str):
+    """One pass over the training set for the batch-norm statistics, each patch in a random orientation of the
+    augmentation's group: the statistics of the inputs the net was trained on (unrotated patches for none).
 
     Streamed, each batch reads its patches from the file (random rows: one pass, as in memory)."""
     generator = torch.Generator().manual_seed(seed + 7)
     order = torch.as_tensor(items)[torch.randperm(len(items), generator=generator)]
-    ks = torch.randint(0, N_SYMMETRIES, (len(order),), generator=generator)
+    ks = torch.randint(0, augmentation_symmetries(augment), (len(order),), generator=generator)
     for start in range(0, len(order), batch_size):
         idx = order[start:start + batch_size]
         if len(idx) >= 2:
@@ -348,7 +349,7 @@ def validation_logits(state: TrainingState) -> torch.Tensor:
     """Logits on the validation set of a copy of the model whose batch norm is finalised on ≤ 1024 patches."""
     probe = copy.deepcopy(state.model)
     subset = state.items[:: max(1, len(state.items) // 1024)]
-    batches = population_batches(state.images, subset, state.cfg.batch_size, state.cfg.seed)
+    batches = population_batches(state.images, subset, state.cfg.batch_size, state.cfg.seed, state.cfg.augment)
     set_population_batchnorm(probe, batches, state.device)
     return predict_logits(probe, validation_images(state), 256, state.device, precision=state.cfg.precision)
 
@@ -621,7 +622,7 @@ def finish(state: TrainingState) -> None:
     if best is not None:
         log.info("selected epoch %d by %s", best["record"]["epoch"], cfg.select)
         model.load_state_dict(best["state_dict"])
-    batches = population_batches(state.images, state.items, cfg.batch_size, cfg.seed)
+    batches = population_batches(state.images, state.items, cfg.batch_size, cfg.seed, cfg.augment)
     set_population_batchnorm(model, batches, state.device)
     temperature = 1.0
     if val_targets is not None:

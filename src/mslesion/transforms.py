@@ -17,6 +17,19 @@ AXIS_ORDERS: tuple[tuple[int, int, int], ...] = tuple(permutations(range(3)))  #
 N_SYMMETRIES = 48
 
 
+N_FLIPS = 8  # symmetries 0-7: the axes keep their order, any of them flipped (the subgroup that keeps anatomy's axes)
+AUGMENTATION_GROUPS = {"full": N_SYMMETRIES, "random": N_SYMMETRIES, "flips": N_FLIPS, "none": 1}
+
+
+def augmentation_symmetries(augment: str) -> int:
+    """How many symmetries (indices 0..n-1) an augmentation mode draws from: the 48 of the cube for full and
+    random, the 8 axis flips for flips (for data in an anatomical frame, whose axes must not be exchanged: a CT
+    crop's head-foot axis is not its left-right one), only the identity for none."""
+    if augment not in AUGMENTATION_GROUPS:
+        raise ValueError(f"augment must be one of {sorted(AUGMENTATION_GROUPS)}, got {augment!r}")
+    return AUGMENTATION_GROUPS[augment]
+
+
 def symmetry_axes(k: int) -> tuple[tuple[int, int, int], tuple[int, ...]]:
     """(axis order, flipped axes) of symmetry k, for the last three (spatial) dimensions."""
     if not 0 <= k < N_SYMMETRIES:
