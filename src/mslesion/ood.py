@@ -9,8 +9,11 @@ training (`fit_ood`) the model stores what its training data looked like, and `p
   training voxels of that channel (robust to the odd bright voxel, not to a rescaled or shifted image);
 - feature_outlier: the class-conditional Mahalanobis distance (Lee et al., NeurIPS 2018) of the lesion's
   features (per conv block, the mean and spread of every feature map) from the training lesions, above the
-  distance that 95% of the validation lesions (the training lesions when there is no validation split) stay
-  below. The features are standardised and projected on their leading principal components, and the
+  split-conformal 95% threshold of the validation lesions' distances (the training lesions' when there is no
+  validation split): the ⌈(n + 1)·0.95⌉-th smallest of n. A plain 95% quantile of ~90 validation lesions lets
+  a new in-distribution lesion pass with probability below 95% (measured: 89-91% on test splits); the conformal
+  rank guarantees at least 95% for lesions exchangeable with the validation ones (Vovk et al. 2005; Angelopoulos
+  & Bates 2021). The features are standardised and projected on their leading principal components, and the
   covariance is shrunk (Ledoit-Wolf): ~1,000 training lesions cannot estimate a full 512-dimensional
   covariance, and the stored statistics stay small (~140 KB).
 """
@@ -90,12 +93,23 @@ def fit_ood(model: torch.nn.Module, train_images, train_targets: np.ndarray,
     return {
         **{k: torch.as_tensor(v, dtype=torch.float32) for k, v in stats.items()},
         "version": OOD_VERSION,
-        "feature_threshold": float(np.quantile(scores, FEATURE_PASS)),
+        "feature_threshold": conformal_threshold(scores, FEATURE_PASS),
         "threshold_from": "training" if val_images is None else "validation",
         "intensity_range": intensity,
         "volume_range_mm3": None if train_volumes is None else
         [float(v) for v in np.percentile(train_volumes, VOLUME_PERCENTILES)],
     }
+
+
+def conformal_threshold(scores: np.ndarray, pass_rate: float) -> float:
+    """The ⌈(n + 1)·pass_rate⌉-th smallest of n calibration scores: a new score exchangeable with them is at
+    most this with probability ≥ pass_rate (split conformal). With too few scores for that rank (n < 19 at 95%)
+    no finite threshold guarantees it, and the largest score is used."""
+    ordered = np.sort(np.asarray(scores, dtype=np.float64))
+    if not len(ordered):
+        raise ValueError("no calibration scores")
+    rank = int(np.ceil((len(ordered) + 1) * pass_rate))
+    return float(ordered[min(rank, len(ordered)) - 1])
 
 
 def mahalanobis(projected: np.ndarray, class_means: np.ndarray, precision: np.ndarray) -> np.ndarray:
