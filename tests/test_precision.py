@@ -66,3 +66,14 @@ def test_an_unwritable_cache_still_gives_a_choice(tmp_path: Path, monkeypatch):
     monkeypatch.setattr(precision, "cpu_has_fast_bf16", lambda: True)
     monkeypatch.setattr(precision, "measure", lambda use: {"choice": "fp32", "fp32_s": 1.0, "bf16_s": 1.0})
     assert precision.resolve(torch.device("cpu"), "auto", "training") == "fp32"
+
+
+def test_a_choice_measured_by_older_code_is_measured_again(cache: Path, monkeypatch):
+    # a cached choice is only as good as the code it timed: entries of another measurement version are ignored
+    monkeypatch.setattr(precision, "cpu_has_fast_bf16", lambda: True)
+    stale_key = precision.machine_key("inference").replace(f"measurement {precision.MEASUREMENT_VERSION}",
+                                                           "measurement 1")
+    cache.write_text(json.dumps({stale_key: {"choice": "fp32", "fp32_s": 1.0, "bf16_s": 2.0}}))
+    monkeypatch.setattr(precision, "measure", lambda use: {"choice": "bf16", "fp32_s": 1.0, "bf16_s": 0.5})
+    assert precision.resolve(torch.device("cpu"), "auto", "inference") == "bf16"
+    assert stale_key in json.loads(cache.read_text())  # kept beside the new entry, for an older install

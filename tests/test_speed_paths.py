@@ -181,3 +181,23 @@ def test_gpu_style_sync_free_pooling_equals_cpu_pooling():
         gpu_values, gpu_indices = _extreme_pool(xl, negative, sync_free=True)
         assert torch.equal(cpu_values, gpu_values) and torch.equal(cpu_indices, gpu_indices)
     assert torch.equal(cpu_values[:, 1], -F.max_pool3d(-x[:, 1:2], 2, 2)[:, 0])  # a min-pool where γ < 0
+
+
+@pytest.mark.parametrize("negative_gamma", [False, True])  # the folded path, and the fallback with γ < 0
+def test_bf16_inference_pools_in_bf16_exactly(negative_gamma: bool):
+    # CPU autocast runs max_pool3d in fp32: a block must not send its bf16 conv output through an fp32 copy
+    # (twice the memory, fresh pages every forward); pooling in bf16 selects the same values exactly
+    _, fused = reference_and_fused(negative_gamma=negative_gamma)
+    block = fused.eval().channels_last().features[0]
+    conv, bn = block[0], block[1]
+    x = fused.normalise(torch.randn(4, 2, 23, 23, 23).contiguous(memory_format=torch.channels_last_3d))
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        out = block(x)
+        if negative_gamma:
+            pre_pool = F.relu(bn(conv(x)))
+        else:
+            scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)
+            folded = conv.weight * scale.view(-1, 1, 1, 1, 1)
+            pre_pool = conv._conv_forward(x, folded, (conv.bias - bn.running_mean) * scale + bn.bias)
+    assert pre_pool.dtype == torch.bfloat16 and out.dtype == torch.bfloat16
+    assert torch.equal(out, F.relu(F.max_pool3d(pre_pool.float(), 2, 2)).to(torch.bfloat16))

@@ -26,6 +26,9 @@ from mslesion.runtime import autocast_dtype, cpu_has_fast_bf16
 CACHE_ENV = "MSLESION_CACHE_DIR"
 USES = ("training", "inference")
 BF16_MARGIN = 0.9  # bf16 must take at most 90% of fp32's time: a tie is not worth the rounding
+# Part of the cache key: a change to the code being timed makes earlier choices stale. 2: the conv blocks pool in
+# bf16 (before, autocast sent every bf16 pool through an fp32 copy, and bf16 inference measured slower than fp32).
+MEASUREMENT_VERSION = 2
 
 
 def resolve(device: torch.device, precision: str, use: str) -> str:
@@ -45,7 +48,8 @@ def cache_path() -> Path:
 
 
 def machine_key(use: str) -> str:
-    return f"{cpu_model()} | torch {torch.__version__} | {torch.get_num_threads()} threads | {use}"
+    return (f"{cpu_model()} | torch {torch.__version__} | {torch.get_num_threads()} threads | {use} | "
+            f"measurement {MEASUREMENT_VERSION}")
 
 
 def cpu_model() -> str:
