@@ -13,6 +13,11 @@ processes matter: the allocator setting is process-wide and memory one contender
 the next one's page faults (in one process the naive step swung between 0.5 and 1.4 s at batch 32). In each
 process a contender runs one untimed call (kernel selection, first-touch of its memory), then `--steps` timed
 ones.
+Whole command (`--parts command`): `mslesion train` as a user runs it (a fresh process: start-up, loading the
+patch file, training with its augmentation gather, the batch-norm population pass, out-of-distribution
+statistics, checkpoints, and the test evaluation the command prints) against an equivalent naive loop in its own
+fresh process: the same net as plain fp32 eager modules, Adam, batch 128, the same number of epochs over every
+labelled patch of the same file, held in memory. Ratio = naive wall time / ours.
 Accuracy: both paths train the same short protocol on the same synthetic data and are evaluated on the same
 test split, so that speed is never bought with a worse model.
 
@@ -205,6 +210,54 @@ def accuracy(epochs: int, folder: Path, seed: int) -> dict[str, dict[str, float]
     return results
 
 
+def naive_command(data: str, epochs: int, batch_size: int, threads: int) -> None:
+    """The equivalent naive loop (run with --naive-command in a fresh process): every labelled patch of the file
+    in memory, plain fp32 eager modules, Adam, `epochs` shuffled passes of `batch_size`."""
+    import h5py
+
+    torch.set_num_threads(threads)
+    with h5py.File(data, "r") as f:
+        labels = f["label"][:]
+        rows = np.flatnonzero(np.isin(labels, (2, 3, 5, 6)))
+        images = torch.from_numpy(f["images"][:][rows]).float()  # float16 storage is widened, as train does
+    targets = torch.as_tensor(np.isin(labels[rows], (3, 5)).astype(np.int64))
+    torch.manual_seed(0)
+    model = LesionNet(images.shape[1], 2, images.shape[-1], fused=False)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    for _ in range(epochs):
+        order = torch.randperm(len(images))
+        for start in range(0, len(order), batch_size):
+            batch = order[start:start + batch_size]
+            loss = F.cross_entropy(model(images[batch]), targets[batch])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+
+
+def whole_command(folder: Path, patients: int, epochs: int, batch_size: int, threads: int) -> dict:
+    """Wall seconds of `mslesion train` and of the naive loop on the same synthetic file, each in a fresh process."""
+    from mslesion.config import SynthConfig
+    from mslesion.data.synth import write_cohort
+
+    data = folder / "cohort.h5"
+    patches = write_cohort(SynthConfig(patients=patients, labelled_only=True, seed=0), data)
+    ours_command = [sys.executable, "-m", "mslesion", "train", str(data), "--out", str(folder / "run"),
+                    "--epochs", str(epochs), "--batch-size", str(batch_size), "--augment", "random",
+                    "--lr-milestones", str(epochs), "--threads", str(threads), "--quiet"]
+    naive_command_line = [sys.executable, __file__, "--naive-command", str(data), "--epochs-naive", str(epochs),
+                          "--batch-size", str(batch_size), "--threads", str(threads)]
+    seconds = {}
+    for name, command in (("naive loop", naive_command_line), ("mslesion train", ours_command)):
+        started = time.perf_counter()
+        subprocess.run(command, check=True, capture_output=True, text=True)
+        seconds[name] = time.perf_counter() - started
+        print(f"  {name}: {seconds[name]:.1f} s", file=sys.stderr, flush=True)
+    history = json.loads((folder / "run" / "history.json").read_text())
+    return {"patients": patients, "labelled_patches": int(len(patches)), "epochs": epochs,
+            "samples_per_epoch_ours": history[0]["samples"], "seconds": seconds,
+            "ratio": seconds["naive loop"] / seconds["mslesion train"]}
+
+
 ISA_FLAGS = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16", "avx512_fp16",
              "avx_vnni", "amx_tile", "amx_bf16", "amx_int8", "asimd", "sve", "sve2", "bf16", "i8mm")
 
@@ -308,6 +361,13 @@ def speed_table(results: dict) -> str:
             lines.append(f"| one subject, 50 lesions × 48 TTA, {precision}: {seconds:.1f} s (bf16 peak: {floor:.1f} s) "
                          f"| {2400 / seconds:.1f} | | {gflops:.0f} | {gflops / peaks['fp32']:.0%} | "
                          f"{gflops / peaks['bf16']:.0%} |")
+    if "command" in results:
+        c = results["command"]
+        naive, ours = c["seconds"]["naive loop"], c["seconds"]["mslesion train"]
+        lines += ["", f"Whole command, {c['epochs']} epochs of batch {results['batch_size']} on "
+                  f"{c['labelled_patches']} labelled patches of {c['patients']} synthetic patients (ours trains on "
+                  f"its split's {c['samples_per_epoch_ours']} oversampled samples per epoch, then evaluates): "
+                  f"naive loop {naive:.1f} s, `mslesion train` {ours:.1f} s: **{c['ratio']:.1f}×**"]
     return "\n".join(lines)
 
 
@@ -319,13 +379,20 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--accuracy-epochs", type=int, default=6)
     parser.add_argument("--seed", type=int, default=0, help="training seed of the accuracy comparison")
-    parser.add_argument("--parts", default="train,inference,tta,accuracy", help="comma-separated subset to run")
+    parser.add_argument("--parts", default="train,inference,tta,command,accuracy", help="comma-separated subset to run")
     parser.add_argument("--gemm-reps", type=int, default=5, help="timed 2048² matmuls per precision for the peaks")
     parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument("--command-patients", type=int, default=30, help="synthetic patients of the command part")
+    parser.add_argument("--command-epochs", type=int, default=2, help="epochs of the command part")
     parser.add_argument("--worker", choices=sorted(CONTENDERS), help=argparse.SUPPRESS)
+    parser.add_argument("--naive-command", help=argparse.SUPPRESS)
+    parser.add_argument("--epochs-naive", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     b = args.batch_size
+    if args.naive_command:
+        naive_command(args.naive_command, args.epochs_naive, b, args.threads)
+        return
     if args.worker:
         print(json.dumps(worker(args.worker, b, args.steps)))
         return
@@ -356,6 +423,11 @@ def main() -> None:
             results["inference"][f"ratio {name}"] = results["inference"][name] / results["inference"][names[0]]
     if "tta" in parts:
         results["tta_subject_seconds"] = {p: tta_subject(p) for p in ("fp32", precision)}
+    if "command" in parts:
+        print("whole command (mslesion train vs the naive loop)...", flush=True)
+        with tempfile.TemporaryDirectory() as folder:
+            results["command"] = whole_command(Path(folder), args.command_patients, args.command_epochs, b,
+                                               args.threads)
     if "accuracy" in parts:
         with tempfile.TemporaryDirectory() as folder:
             results["accuracy"] = accuracy(args.accuracy_epochs, Path(folder), args.seed)
