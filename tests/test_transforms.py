@@ -76,3 +76,21 @@ def test_augmentation_preserves_mask_voxel_count_and_values():
 def test_non_cubic_batch_is_rejected():
     with pytest.raises(ValueError, match="cubic"):
         apply_symmetries(torch.zeros(2, 1, 4, 5, 4), torch.tensor([1, 2]))
+
+
+@pytest.mark.parametrize("augment", ["full", "random", "flips", "none"])
+def test_augmentation_groups_are_closed_under_composition(augment):
+    # the mean image is averaged over a mode's symmetries: that average is invariant only if they form a group
+    from mslesion.transforms import augmentation_symmetries, symmetry_from_matrix, symmetry_matrix
+
+    group = range(augmentation_symmetries(augment))
+    for a in group:
+        for b in group:
+            assert symmetry_from_matrix(symmetry_matrix(a) @ symmetry_matrix(b)) in group
+
+
+def test_unknown_augmentation_mode_is_refused():
+    from mslesion.transforms import augmentation_symmetries
+
+    with pytest.raises(ValueError, match="augment must be one of"):
+        augmentation_symmetries("rotations")
