@@ -45,7 +45,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from mslesion import distributed, runtime
+from mslesion import distributed, paper, runtime
 from mslesion import train as train_module
 from mslesion.config import EvaluateConfig, TrainConfig
 from mslesion.evaluate import evaluate
@@ -218,9 +218,9 @@ def naive_command(data: str, epochs: int, batch_size: int, threads: int) -> None
     torch.set_num_threads(threads)
     with h5py.File(data, "r") as f:
         labels = f["label"][:]
-        rows = np.flatnonzero(np.isin(labels, (2, 3, 5, 6)))
+        rows = np.flatnonzero(np.isin(labels, paper.TRAINED_CODES))
         images = torch.from_numpy(f["images"][:][rows]).float()  # float16 storage is widened, as train does
-    targets = torch.as_tensor(np.isin(labels[rows], (3, 5)).astype(np.int64))
+    targets = torch.as_tensor(np.isin(labels[rows], paper.DEMYELINATING_CODES).astype(np.int64))
     torch.manual_seed(0)
     model = LesionNet(images.shape[1], 2, images.shape[-1], fused=False)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)

@@ -89,6 +89,14 @@ def test_augmentation_groups_are_closed_under_composition(augment):
             assert symmetry_from_matrix(symmetry_matrix(a) @ symmetry_matrix(b)) in group
 
 
+def test_every_augment_option_has_a_group():
+    # config may import only paper and errors, so the CLI's choices and the groups are two lists kept equal here
+    from mslesion.config import AUGMENT_MODES
+    from mslesion.transforms import AUGMENTATION_GROUPS
+
+    assert set(AUGMENT_MODES) == set(AUGMENTATION_GROUPS)
+
+
 def test_unknown_augmentation_mode_is_refused():
     from mslesion.transforms import augmentation_symmetries
 
