@@ -91,6 +91,21 @@ def test_onnxruntime_matches_predict_fp32_on_any_batch_size(trained_run, tmp_pat
     assert meta["mslesion_version"] == __version__
 
 
+def test_a_compact_net_exports_with_its_architecture_and_same_probabilities(tmp_path, monkeypatch, capsys):
+    """--arch compact (padded blocks, global average pooling) through train → export → onnxruntime."""
+    run = Path(train(toy_config(tmp_path, "compact", epochs=1, arch="compact"), show_progress=False))
+    trained = load_trained(run)
+    assert trained.model.arch == "compact" and trained.config.arch == "compact"
+    model_path = tmp_path / "compact.onnx"
+    code, text = run_cli(["export", run, "--out", model_path], monkeypatch, capsys)
+    assert code == 0, text
+    expected = predicted(run, trained.config.data, tmp_path / "pred", "fp32", monkeypatch, capsys)
+    patches = read_patches(Path(trained.config.data), trained.channels).images
+    session = onnxruntime.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
+    assert np.abs(session.run(None, {"patches": patches})[0] - expected).max() <= TOLERANCE
+    assert {p.key: p.value for p in onnx.load(str(model_path)).metadata_props}["arch"] == "compact"
+
+
 def test_default_precision_stays_within_1e_2_of_fp32(trained_run, few_lesions, tmp_path, monkeypatch, capsys):
     """`auto` is fp32 or bf16 depending on the machine: bf16, the only other choice, is held to the bound too."""
     data = few_lesions

@@ -25,6 +25,42 @@ def test_feature_size_follows_valid_conv_and_pooling():
         feature_size(12)
 
 
+@pytest.mark.parametrize(("patch", "padding", "expected"), [(35, 1, 2), (28, 1, 1), (23, 1, 1), (16, 1, 1)])
+def test_feature_size_with_same_padding_halves_per_block(patch, padding, expected):
+    assert feature_size(patch, 4, padding) == expected
+
+
+def test_compact_architecture_reads_globally_pooled_features():
+    model = LesionNet(3, 6, 35, arch="compact").eval()
+    assert [block[0].out_channels for block in model.features] == [32, 64, 128, 256]
+    assert all(block[0].padding == (1, 1, 1) for block in model.features)
+    assert model.classifier.in_features == 256  # one average per map, whatever the patch size
+    x = torch.randn(2, 3, 35, 35, 35)
+    with torch.no_grad():
+        assert model(x).shape == (2, 6)
+        assert model.embed(x).shape == (2, 256)
+    assert LesionNet(1, 2, 28, arch="compact").classifier.in_features == 256  # MedMNIST's 28³: the same head
+
+
+def test_compact_costs_about_what_the_paper_net_costs():
+    """Multiply-adds of the convolutions per 3-channel 35³ patch, counted from the layers' shapes."""
+    def conv_macs(model: LesionNet) -> int:
+        total, size = 0, 35
+        for block in model.features:
+            conv = block[0]
+            size = size + 2 * conv.padding[0] - 2
+            total += conv.in_channels * conv.out_channels * 27 * size**3
+            size //= 2
+        return total
+    paper, compact = conv_macs(LesionNet(3, 2, 35)), conv_macs(LesionNet(3, 2, 35, arch="compact"))
+    assert 0.9 < compact / paper < 1.2
+
+
+def test_unknown_architecture_is_refused():
+    with pytest.raises(ValueError, match="unknown architecture"):
+        LesionNet(3, 2, 35, arch="resnet")
+
+
 def test_output_shape_and_mean_image_is_a_buffer():
     model = LesionNet(2, 3, 35).eval()
     assert model(torch.randn(4, 2, 35, 35, 35)).shape == (4, 3)

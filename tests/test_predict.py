@@ -37,14 +37,15 @@ PATCH = 23
 
 def make_run(
     folder: Path, channels=("flair", "qsm", "mask"), uniform: bool = False, seed: int = 0, temperature: float = 1.0,
+    arch: str = "paper",
 ) -> Path:
     """A run folder holding an (untrained) model.pt; `uniform` zeroes the classifier so every p = 0.5."""
     torch.manual_seed(seed)
-    model = LesionNet(len(channels), 2, PATCH).eval()
+    model = LesionNet(len(channels), 2, PATCH, arch=arch).eval()
     if uniform:
         torch.nn.init.zeros_(model.classifier.weight)
         torch.nn.init.zeros_(model.classifier.bias)
-    cfg = TrainConfig(data="x.h5", out=str(folder), channels=channels)
+    cfg = TrainConfig(data="x.h5", out=str(folder), channels=channels, arch=arch)
     meta = model_metadata(model, cfg, ClassMap.parse(PAPER_CLASSES), channels)
     save_torch({**meta, "temperature": temperature, "state_dict": model.state_dict()}, folder / MODEL)
     return folder

@@ -26,9 +26,10 @@ from mslesion.transforms import (
 )
 
 
-def reference_and_fused(seed: int = 0, negative_gamma: bool = True) -> tuple[LesionNet, LesionNet]:
+def reference_and_fused(seed: int = 0, negative_gamma: bool = True, arch: str = "paper"
+                        ) -> tuple[LesionNet, LesionNet]:
     torch.manual_seed(seed)
-    reference = LesionNet(2, 2, 23, fused=False)
+    reference = LesionNet(2, 2, 23, fused=False, arch=arch)
     with torch.no_grad():
         for module in reference.modules():
             if isinstance(module, torch.nn.BatchNorm3d):  # non-trivial affine parameters, some γ < 0
@@ -37,7 +38,7 @@ def reference_and_fused(seed: int = 0, negative_gamma: bool = True) -> tuple[Les
                 if negative_gamma:
                     module.weight[:3] *= -1
         reference.mean_image.normal_(0, 0.1)
-    fused = LesionNet(2, 2, 23)
+    fused = LesionNet(2, 2, 23, arch=arch)
     fused.load_state_dict(reference.state_dict())
     return reference, fused
 
@@ -58,9 +59,11 @@ def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).norm() / b.norm().clamp_min(1e-12))
 
 
+# "compact": padded convolutions on odd sizes (23 → 11 → 5 → 2 → 1), where the pool drops a plane that the padding fed
+@pytest.mark.parametrize("arch", ["paper", "compact"])
 @pytest.mark.parametrize("channels_last", [False, True])
-def test_fused_training_step_equals_reference(channels_last: bool):
-    reference, fused = reference_and_fused()
+def test_fused_training_step_equals_reference(channels_last: bool, arch: str):
+    reference, fused = reference_and_fused(arch=arch)
     if channels_last:
         fused.channels_last()
         assert fused.is_channels_last()
@@ -80,9 +83,10 @@ def test_fused_training_step_equals_reference(channels_last: bool):
         assert int(bn[1].num_batches_tracked) == int(ref_bn[1].num_batches_tracked) == 1
 
 
+@pytest.mark.parametrize("arch", ["paper", "compact"])
 @pytest.mark.parametrize("negative_gamma", [False, True])
-def test_fused_inference_equals_reference(negative_gamma: bool):
-    reference, fused = reference_and_fused(negative_gamma=negative_gamma)
+def test_fused_inference_equals_reference(negative_gamma: bool, arch: str):
+    reference, fused = reference_and_fused(negative_gamma=negative_gamma, arch=arch)
     x, _ = batch()
     for model in (reference, fused):  # give the running statistics realistic values
         set_population_batchnorm(model, [x[:3], x[3:]])

@@ -94,6 +94,17 @@ def test_init_with_other_classes_starts_the_classifier_afresh(tmp_path: Path):
     assert model.classifier.weight.shape[0] == 3
 
 
+def test_init_of_another_architecture_names_the_starters_one(tmp_path: Path):
+    source = make_run(tmp_path / "source", arch="compact")
+    assert runs.load_trained(source).model.arch == "compact"  # rebuilt from the stored config
+    data = tmp_path / "toy.h5"
+    write_patches(data, toy_patches(size=23))
+    out = tmp_path / "run"
+    with pytest.raises(InputError, match="is a 'compact' network.*give --arch compact"):
+        train(TrainConfig(data=str(data), out=str(out), init=str(source), epochs=1), show_progress=False)
+    assert not out.exists()
+
+
 def test_init_with_other_channels_fails_before_anything_is_written(tmp_path: Path):
     source = make_run(tmp_path / "source", channels=("flair", "mask"))
     data = tmp_path / "toy.h5"

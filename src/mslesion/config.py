@@ -23,6 +23,7 @@ from mslesion.errors import InputError
 
 SPLITS = ("paper", "patient", "predefined")
 AUGMENT_MODES = ("full", "random", "flips", "none")
+ARCHS = tuple(paper.ARCHITECTURES)
 INPUT_NORMS = ("zscore", "zerocenter")
 PRECISIONS = ("auto", "bf16", "fp32")
 SELECTIONS = ("last", "val_auc", "val_accuracy", "val_loss")
@@ -159,6 +160,9 @@ class TrainConfig:
     folds_from: str = ""
     """With --cv: the class map whose lesions define the patient-grouped folds (default: this run's). The binary
     twin of a phenotype ablation uses the phenotype map, so that both models test the same patients per fold."""
+    arch: str = "paper"
+    """paper: the paper's net (Table 2); compact: 'same'-padded blocks of 32, 64, 128, 256 maps and global average
+    pooling (about the paper net's compute; see mslesion.model). An --init starter must have the same one."""
     init: str = ""
     """Fine-tune from a trained model: a run folder or builtin:<name> (mslesion models). Its channels and patch
     size must match; with other classes the last layer starts afresh."""
@@ -239,6 +243,7 @@ class TrainConfig:
         _choice("--in-memory", self.in_memory, IN_MEMORY_MODES)
         _require(self.shuffle_window >= 1, f"--shuffle-window must be at least 1 patch, got {self.shuffle_window}")
         _choice("--augment", self.augment, AUGMENT_MODES)
+        _choice("--arch", self.arch, ARCHS)
         _choice("--input-norm", self.input_norm, INPUT_NORMS)
         _choice("--precision", self.precision, PRECISIONS)
         _choice("--select", self.select, SELECTIONS)

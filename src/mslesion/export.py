@@ -72,6 +72,7 @@ def metadata(trained: TrainedModel, run: Path) -> dict[str, str]:
         "class_names": ",".join(trained.class_map.names),
         "classes": trained.class_map.spec(),
         "patch_size": str(model.patch_size),
+        "arch": model.arch,
         "temperature": repr(float(trained.temperature)),
         "input": f"{INPUT_NAME}: float32 [N, {len(trained.channels)}, {model.patch_size}, {model.patch_size}, "
                  f"{model.patch_size}], channels in the order of 'channels', cut as mslesion extract cuts them",

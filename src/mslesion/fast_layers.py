@@ -153,6 +153,8 @@ def pooled_input_region(x: torch.Tensor, conv: nn.Conv3d) -> torch.Tensor:
     the paper's first block, 5³ in its third) the last plane of each axis is never read. Without training-mode
     batch statistics (which average over every output voxel) nothing else depends on it, so the conv need not
     compute it: 8.8% of the first conv's work and half of the third's. Same values, a view of x."""
+    if any(conv.padding):  # a padded conv's last output plane reads the padding: cropping x would change it
+        return x
     # valid convolution of stride 1 (the paper's blocks): output = input − (kernel − 1) per axis
     keep = [size - (size - kernel + 1) % 2 for size, kernel in zip(x.shape[2:], conv.kernel_size, strict=True)]
     return x[:, :, :keep[0], :keep[1], :keep[2]]

@@ -41,6 +41,9 @@ VOXEL_SIZE_MM = 0.65
 
 # Table 2: feature maps of the three conv → BN → ReLU → pool blocks.
 PAPER_WIDTHS = (64, 64, 128)
+# The nets `--arch` builds (mslesion.model): feature maps per block, conv padding, global average pooling before
+# the classifier. Only "paper" is the paper's; "compact" is the project's option (valid for patches ≥ 16).
+ARCHITECTURES = {"paper": (PAPER_WIDTHS, 0, False), "compact": ((32, 64, 128, 256), 1, True)}
 # The smallest patch those blocks accept (valid 3×3×3 convolutions, 2/2 pooling): 22 → 20 → 10 → 8 → 4 → 2 → 1.
 MIN_PATCH_SIZE = 22
 

@@ -251,9 +251,9 @@ def load_trained(run_dir: str | Path) -> TrainedModel:
     obj = load_torch(run_dir / MODEL)
     check_run_consistent(run_dir, obj)
     try:
-        model = LesionNet(obj["in_channels"], obj["n_classes"], obj["patch_size"])
-        model.load_state_dict(obj["state_dict"])
         cfg = from_dict(TrainConfig, obj["config"])
+        model = LesionNet(obj["in_channels"], obj["n_classes"], obj["patch_size"], arch=cfg.arch)
+        model.load_state_dict(obj["state_dict"])
         class_map = ClassMap.parse(obj["classes"])
     except InputError as exc:  # a setting stored in the file, not one the user gave
         raise InputError(f"the run configuration stored in it is invalid ({exc.problem})", run_dir / MODEL) from None

@@ -226,7 +226,7 @@ def input_normalisation(images, items: np.ndarray, augment: str) -> tuple[torch.
 def build_model(cfg: TrainConfig, task: Task) -> LesionNet:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
-        return LesionNet(len(task.channels), len(task.class_map.names), task.images.shape[-1])
+        return LesionNet(len(task.channels), len(task.class_map.names), task.images.shape[-1], arch=cfg.arch)
 
 
 def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Adam:
@@ -541,6 +541,9 @@ def init_source(cfg: TrainConfig, task: Task) -> TrainedModel:
                          f"{','.join(task.channels)}: they must match (same channels in the same order)")
     if source.model.patch_size != patch_size:
         raise InputError(f"--init {cfg.init} takes {source.model.patch_size}³ patches, the data has {patch_size}³")
+    if source.model.arch != cfg.arch:
+        raise InputError(f"--init {cfg.init} is a '{source.model.arch}' network, this run asks for --arch {cfg.arch}: "
+                         f"give --arch {source.model.arch}")
     return source
 
 

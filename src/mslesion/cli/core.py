@@ -72,6 +72,7 @@ def train_command(
     classes: Annotated[str, option(TrainConfig, "classes")] = TRAIN.classes,
     task: Annotated[str, option(TrainConfig, "task")] = TRAIN.task,
     class_weights: Annotated[str, option(TrainConfig, "class_weights")] = TRAIN.class_weights,
+    arch: Annotated[str, option(TrainConfig, "arch")] = TRAIN.arch,
     init: Annotated[str, option(TrainConfig, "init")] = TRAIN.init,
     init_norm: Annotated[str, option(TrainConfig, "init_norm")] = TRAIN.init_norm,
     split: Annotated[str, option(TrainConfig, "split")] = TRAIN.split,
@@ -107,7 +108,7 @@ def train_command(
 
     cfg = TrainConfig(
         data=str(data.resolve()), out=str(out), channels=parse_channels(channels), classes=classes, task=task,
-        class_weights=class_weights, init=init, init_norm=init_norm, split=split,
+        class_weights=class_weights, arch=arch, init=init, init_norm=init_norm, split=split,
         train_fraction=train_fraction, augment=augment, input_norm=input_norm, epochs=epochs, batch_size=batch_size,
         lr=lr, lr_milestones=parse_ints(lr_milestones, "--lr-milestones"),
         oversample=parse_ints(oversample, "--oversample"),

@@ -29,6 +29,7 @@ def ablate_command(
     classes: Annotated[str, option(TrainConfig, "classes")] = TEMPLATE.classes,
     task: Annotated[str, option(TrainConfig, "task")] = TEMPLATE.task,
     class_weights: Annotated[str, option(TrainConfig, "class_weights")] = TEMPLATE.class_weights,
+    arch: Annotated[str, option(TrainConfig, "arch")] = TEMPLATE.arch,
     augment: Annotated[str, option(TrainConfig, "augment")] = TEMPLATE.augment,
     epochs: Annotated[int, option(TrainConfig, "epochs")] = TEMPLATE.epochs,
     batch_size: Annotated[int, option(TrainConfig, "batch_size")] = TEMPLATE.batch_size,
@@ -51,7 +52,7 @@ def ablate_command(
     from mslesion.ablate import ablate
 
     template = dataclasses.replace(
-        TEMPLATE, classes=classes, task=task, class_weights=class_weights,
+        TEMPLATE, classes=classes, task=task, class_weights=class_weights, arch=arch,
         augment=augment, epochs=epochs, batch_size=batch_size, lr=lr,
         val_fraction=val_fraction, oversample=parse_ints(oversample, "--oversample"), device=device,
         precision=precision, threads=threads, in_memory=in_memory, shuffle_window=shuffle_window,
