@@ -88,3 +88,22 @@ def test_population_batchnorm_matches_whole_set_statistics():
     # the mean of per-batch (unbiased) variances: close to the population variance
     assert torch.allclose(first_bn.running_var, activations.var(dim=(0, 2, 3, 4)), rtol=0.1)
     assert first_bn.momentum == 0.1  # restored
+
+
+def test_population_batchnorm_in_bf16_stays_within_rounding_of_fp32():
+    """train.finish runs the pass in the training precision: the fp32-accumulated statistics of bf16 conv outputs
+    differ from fp32's by rounding only, and stay fp32 tensors."""
+    torch.manual_seed(0)
+    fp32 = LesionNet(2, 2, 23)
+    bf16 = LesionNet(2, 2, 23)
+    bf16.load_state_dict(fp32.state_dict())
+    data = torch.randn(24, 2, 23, 23, 23)
+    set_population_batchnorm(fp32, data.split(8))
+    set_population_batchnorm(bf16, data.split(8), autocast_dtype=torch.bfloat16)
+    assert not torch.is_autocast_enabled("cpu")
+    for a, b in zip(bf16.features, fp32.features, strict=True):
+        assert a[1].running_mean.dtype == a[1].running_var.dtype == torch.float32
+        scale = b[1].running_var.sqrt()
+        assert ((a[1].running_mean - b[1].running_mean).abs() / scale).max() < 0.02
+        assert ((a[1].running_var - b[1].running_var).abs() / b[1].running_var).max() < 0.03
+    assert not torch.equal(bf16.features[1][1].running_var, fp32.features[1][1].running_var)  # bf16 really ran

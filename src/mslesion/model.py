@@ -122,13 +122,17 @@ def batchnorm_layers(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
 
 
 @torch.no_grad()
-def set_population_batchnorm(model: nn.Module, batches, device: torch.device | str = "cpu") -> None:
+def set_population_batchnorm(model: nn.Module, batches, device: torch.device | str = "cpu",
+                             autocast_dtype: torch.dtype | None = None) -> None:
     """Replace BN running averages by population statistics over the whole training set.
 
     MATLAB's trainNetwork finalises batch-norm layers this way after training. With few steps and inputs in
     ppm the exponential running averages stay near their initial values, and the evaluated net collapses
     to one class even when training accuracy is 100%. Cumulative averaging (momentum=None) over one
     no-grad pass gives the population mean and the mean per-batch variance.
+
+    autocast_dtype: the precision the net was trained in (bf16 or None = fp32). The pass then sees the conv
+    outputs training saw, at training's speed; the statistics themselves are accumulated in fp32 either way.
     """
     layers = batchnorm_layers(model)
     saved = [(layer.momentum, layer.training) for layer in layers]
@@ -137,8 +141,10 @@ def set_population_batchnorm(model: nn.Module, batches, device: torch.device | s
     for layer in layers:
         layer.reset_running_stats()
         layer.momentum = None
-    for batch in batches:
-        model(batch.to(device, non_blocking=True))
+    device_type = torch.device(device).type
+    with torch.autocast(device_type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
+        for batch in batches:
+            model(batch.to(device, non_blocking=True))
     for layer, (momentum, _) in zip(layers, saved, strict=True):
         layer.momentum = momentum
     model.train(was_training)

@@ -350,7 +350,7 @@ def validation_logits(state: TrainingState) -> torch.Tensor:
     probe = copy.deepcopy(state.model)
     subset = state.items[:: max(1, len(state.items) // 1024)]
     batches = population_batches(state.images, subset, state.cfg.batch_size, state.cfg.seed, state.cfg.augment)
-    set_population_batchnorm(probe, batches, state.device)
+    set_population_batchnorm(probe, batches, state.device, state.dtype)
     return predict_logits(probe, validation_images(state), 256, state.device, precision=state.cfg.precision)
 
 
@@ -626,7 +626,7 @@ def finish(state: TrainingState) -> None:
         log.info("selected epoch %d by %s", best["record"]["epoch"], cfg.select)
         model.load_state_dict(best["state_dict"])
     batches = population_batches(state.images, state.items, cfg.batch_size, cfg.seed, cfg.augment)
-    set_population_batchnorm(model, batches, state.device)
+    set_population_batchnorm(model, batches, state.device, state.dtype)
     temperature = 1.0
     if val_targets is not None:
         logits = predict_logits(model, validation_images(state), 256, state.device, precision=cfg.precision)
