@@ -1,10 +1,13 @@
 """The phenotype model's derived binary call against a dedicated binary model, paired on the same test lesions.
 
 `ablate --task phenotype --cv K` makes this comparison over patient-grouped folds. This script makes it for two
-single runs that tested the same patients (e.g. a binary run trained with `--split predefined` on a copy of the
-patch file whose `split` column is the phenotype run's split.json):
+single runs that tested the same patients: `copy-split` writes a copy of the patch file whose `split` column is
+the phenotype run's split (train, val, test rows of its split.json), and a binary run trained on that copy with
+`--split predefined` trains, validates and tests on the same patients:
 
-    python scripts/derived_vs_dedicated.py PHENOTYPE_RUN BINARY_RUN [--bootstrap 2000]
+    python scripts/derived_vs_dedicated.py copy-split PHENOTYPE_RUN patches.h5 same_split.h5
+    mslesion train same_split.h5 --task binary --split predefined --out BINARY_RUN ...
+    python scripts/derived_vs_dedicated.py compare PHENOTYPE_RUN BINARY_RUN [--bootstrap 2000]
 
 Lesions are matched by (patient, lesion id); only the binary task's lesions (codes 2, 3, 5, 6) take part. Prints
 both ROC AUCs with patient-bootstrap 95% CIs, and the paired difference (derived − dedicated) with its CI and
@@ -52,12 +55,43 @@ def paired_sets(phenotype_run: Path, binary_run: Path) -> tuple[Predictions, Pre
     return derived, dedicated
 
 
+def copy_split(phenotype_run: Path, source: Path, out: Path) -> None:
+    """A copy of the patch file with the run's split as its `split` column (every row must be in the run's split)."""
+    import shutil
+
+    import h5py
+
+    if out.exists():
+        raise SystemExit(f"{out} exists; remove it first")
+    split = read_json(phenotype_run / "split.json")
+    shutil.copyfile(source, out)
+    with h5py.File(out, "r+") as f:
+        column = np.full(len(f["label"]), "", dtype=object)
+        for part in ("train", "val", "test"):
+            column[[row["index"] for row in split.get(part, [])]] = part
+        if (column == "").any():
+            out.unlink()
+            raise SystemExit(f"{int((column == '').sum())} rows of {source} are not in {phenotype_run}'s split")
+        if "split" in f:
+            del f["split"]
+        f.create_dataset("split", data=column, dtype=h5py.string_dtype())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("phenotype_run", type=Path)
-    parser.add_argument("binary_run", type=Path)
-    parser.add_argument("--bootstrap", type=int, default=2000)
+    sub = parser.add_subparsers(dest="command", required=True)
+    copy = sub.add_parser("copy-split", help="Copy a patch file with a phenotype run's split as its split column.")
+    copy.add_argument("phenotype_run", type=Path)
+    copy.add_argument("source", type=Path)
+    copy.add_argument("out", type=Path)
+    compare = sub.add_parser("compare", help="Derived vs dedicated binary AUC on the same test lesions.")
+    compare.add_argument("phenotype_run", type=Path)
+    compare.add_argument("binary_run", type=Path)
+    compare.add_argument("--bootstrap", type=int, default=2000)
     args = parser.parse_args()
+    if args.command == "copy-split":
+        copy_split(args.phenotype_run, args.source, args.out)
+        return
     derived, dedicated = paired_sets(args.phenotype_run, args.binary_run)
     column = SUMMARY_METRICS.index("roc_auc")
     result = {"n": int(len(derived.targets)), "patients": int(len(set(derived.patients)))}
