@@ -153,6 +153,31 @@ def test_symmetry_index_maps_are_permutations():
     assert len({tuple(row.tolist()) for row in maps}) == 48
 
 
+@pytest.mark.parametrize("fused", [True, False])
+def test_bf16_compact_step_on_the_smallest_patches_reads_no_stale_memory(fused: bool):
+    """The compact net's last block sees 2³ at 22-23³ patches, where oneDNN's bf16 weight gradient of a padded
+    conv read uninitialised memory: with freed memory reused (as training keeps it), NaN gradients. Freed
+    memory is filled with NaN first, so a stale read cannot go unnoticed."""
+    def free_nan_filled_memory() -> None:
+        for n in (1 << 20, 1 << 23, 1 << 25, 1 << 27):
+            for dtype in (torch.float32, torch.bfloat16):
+                stale = torch.full((n,), float("nan"), dtype=dtype)
+                del stale
+
+    keep_freed_memory()
+    torch.manual_seed(0)
+    model = LesionNet(2, 2, 23, fused=fused, arch="compact").channels_last().train()
+    x, y = torch.randn(32, 2, 23, 23, 23), torch.randint(0, 2, (32,))
+    free_nan_filled_memory()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = F.cross_entropy(model(x), y)
+    free_nan_filled_memory()
+    loss.backward()
+    assert torch.isfinite(loss)
+    for name, p in model.named_parameters():
+        assert torch.isfinite(p.grad).all(), name
+
+
 def test_keep_freed_memory_is_harmless():
     assert keep_freed_memory() in (True, False)
     x = torch.ones(20_000_000)  # above glibc's mmap threshold

@@ -46,6 +46,15 @@ class ConvBlock(nn.Sequential):
         self.fused = fused
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.device.type == "cpu" and min(x.shape[2:]) < 3 and torch.is_autocast_enabled("cpu"):
+            # oneDNN's bf16 weight gradient of a padded 3×3×3 convolution of a 2³ input reads uninitialised
+            # memory (torch 2.13: NaN once freed memory is reused; the compact net's last block at 22-23³
+            # patches). So small a block is negligible work: it runs in fp32.
+            with torch.autocast("cpu", enabled=False):
+                return self._block(x.float())
+        return self._block(x)
+
+    def _block(self, x: torch.Tensor) -> torch.Tensor:
         if not self.fused:
             return super().forward(x)
         return conv_bn_relu_pool(x, self[0], self[1])
