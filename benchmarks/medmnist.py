@@ -203,27 +203,38 @@ def mean_val_auc(results: list[dict]) -> float:
     return float(np.mean([r["val_auc"] for r in results]))
 
 
-def test(dataset: str, work: Path) -> dict:
-    """Once every protocol run of the data set is finished: choose the variant by mean validation AUC, then
-    evaluate every run once on the official test split (all of them are reported; none chose anything)."""
+def finished_results(dataset: str, runs: list[tuple[str, int, Path]], protocol: str) -> list[dict]:
+    """The result.json of every run, or exit naming the missing ones: the test split stays closed until then."""
+    missing = [f"{v} seed {s}" for v, s, d in runs if not (d / "result.json").exists()]
+    if missing:
+        raise SystemExit(f"{dataset}: the test split stays closed until every {protocol} run is done; missing: "
+                         + ", ".join(missing))
+    return [json.loads((d / "result.json").read_text()) for _, _, d in runs]
+
+
+def test_once(run_dir: Path, result: dict) -> None:
+    """Evaluate a run on the official test split, unless its result already holds the test figures."""
     from mslesion.config import EvaluateConfig
     from mslesion.evaluate import evaluate
 
+    if "test" in result:
+        return
+    started = time.perf_counter()
+    evaluate(EvaluateConfig(run=str(run_dir)))  # metrics.json + predictions.csv on the official test split
+    result["evaluate_seconds"] = time.perf_counter() - started
+    result["test"] = test_metrics(run_dir)
+    write_json(run_dir / "result.json", result)
+
+
+def test(dataset: str, work: Path) -> dict:
+    """Once every protocol run of the data set is finished: choose the variant by mean validation AUC, then
+    evaluate every run once on the official test split (all of them are reported; none chose anything)."""
     runs = protocol_runs(dataset, work)
-    missing = [f"{v} seed {s}" for v, s, d in runs if not (d / "result.json").exists()]
-    if missing:
-        raise SystemExit(f"{dataset}: the test split stays closed until every protocol run is done; missing: "
-                         + ", ".join(missing))
-    results = {(v, s): json.loads((d / "result.json").read_text()) for v, s, d in runs}
+    results = {(v, s): r for (v, s, _), r in zip(runs, finished_results(dataset, runs, "protocol"), strict=True)}
     by_variant = {v: [results[v, s] for s in PROTOCOL["seeds"]] for v in PROTOCOL["variants"]}
     chosen = max(PROTOCOL["variants"], key=lambda v: mean_val_auc(by_variant[v]))  # ties: the first listed
     for v, s, d in runs:
-        if "test" not in results[v, s]:
-            started = time.perf_counter()
-            evaluate(EvaluateConfig(run=str(d)))  # metrics.json + predictions.csv on the official test split
-            results[v, s]["evaluate_seconds"] = time.perf_counter() - started
-            results[v, s]["test"] = test_metrics(d)
-            write_json(d / "result.json", results[v, s])
+        test_once(d, results[v, s])
     choice = {"dataset": dataset, "chosen_variant": chosen, "rule": "highest mean validation AUC over seeds",
               "mean_val_auc": {v: mean_val_auc(rs) for v, rs in by_variant.items()},
               "mean_test_auc": {v: float(np.mean([r["test"]["auc"]["value"] for r in rs]))
@@ -235,23 +246,13 @@ def test(dataset: str, work: Path) -> dict:
 def test_protocol_2(dataset: str, work: Path) -> dict:
     """Protocol 2: once its three runs are done, compare their mean validation AUC with protocol 1's choice, then
     evaluate each run once on the test split (reported whichever wins)."""
-    from mslesion.config import EvaluateConfig
-    from mslesion.evaluate import evaluate
-
     runs = protocol_runs(dataset, work, 2)
-    missing = [f"{v} seed {s}" for v, s, d in runs if not (d / "result.json").exists()]
-    if missing:
-        raise SystemExit(f"{dataset}: the test split stays closed until every protocol-2 run is done; missing: "
-                         + ", ".join(missing))
-    results = [json.loads((d / "result.json").read_text()) for _, _, d in runs]
+    results = finished_results(dataset, runs, "protocol-2")
     old_variant, old_val_aucs, old_test_auc = PROTOCOL_2["protocol_1"][dataset]
     new_val = mean_val_auc(results)
     chosen = runs[0][0] if new_val > float(np.mean(old_val_aucs)) else old_variant  # ties: protocol 1 stays
     for (_, _, d), result in zip(runs, results, strict=True):
-        if "test" not in result:
-            evaluate(EvaluateConfig(run=str(d)))
-            result["test"] = test_metrics(d)
-            write_json(d / "result.json", result)
+        test_once(d, result)
     choice = {"dataset": dataset, "protocol": 2, "chosen_variant": chosen,
               "rule": "higher mean validation AUC over seeds 0-2 (protocol 1's choice wins ties)",
               "mean_val_auc": {old_variant: float(np.mean(old_val_aucs)), runs[0][0]: new_val},
@@ -315,9 +316,9 @@ def protocol_rows(dataset: str, ours: list[dict], work: Path) -> list[str]:
         variants.insert(0, PROTOCOL_2["variants"][dataset])
     for variant in variants:
         runs = sorted((r for r in ours if r["variant"] == variant and "test" in r), key=lambda r: r["seed"])
-        aucs = [r["test"]["auc"]["value"] for r in runs]
         if not runs:  # protocol 1's runs whose folders were not kept: their figures are in medmnist.md
             continue
+        aucs = [r["test"]["auc"]["value"] for r in runs]
         mark = " **(chosen: best mean val AUC)**" if variant == chosen else ""
         lines.append(f"| {dataset} | LesionNet `{variant}`, mean of {len(runs)} seeds{mark} | "
                      f"**{np.mean(aucs):.3f}** (seeds {min(aucs):.3f}–{max(aucs):.3f}) | "
