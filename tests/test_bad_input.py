@@ -654,6 +654,7 @@ ARG_CASES = [
     case("arg-train-epochs-not-int", [*TRAIN, "--epochs", "abc"], 2, "--epochs"),
     case("arg-train-batch-size-one", [*TRAIN, "--batch-size", "1"], 2, "--batch-size"),
     case("arg-train-augment-unknown", [*TRAIN, "--augment", "sideways"], 2, "--augment", "sideways"),
+    case("arg-train-arch-unknown", [*TRAIN, "--arch", "resnet"], 2, "--arch", "resnet"),
     case("arg-train-split-unknown", [*TRAIN, "--split", "random"], 2, "--split", "random"),
     case("arg-train-precision-unknown", [*TRAIN, "--precision", "fp16"], 2, "--precision"),
     case("arg-train-input-norm-unknown", [*TRAIN, "--input-norm", "minmax"], 2, "--input-norm"),
