@@ -161,9 +161,10 @@ def test_extract_interrupted_at_its_second_subject_writes_nothing(tmp_path: Path
 
 @pytest.mark.slow
 def test_ablate_interrupted_in_its_second_run_says_how_to_resume_and_then_finishes(tmp_path: Path, data: Path):
-    args = ["ablate", data, "--out", tmp_path / "ab", "--channel-sets", "qsm;flair", "--cv", "2", "--epochs", "1",
-            "--batch-size", "16", "--augment", "none", "--bootstrap", "20", "--threads", "1", "--quiet"]
-    hook = SIGNAL_AT.format(module="train", function="train_epoch", call=2, signal="SIGINT")
+    args = ["ablate", data, "--out", tmp_path / "ab", "--channel-sets", "qsm;flair", "--cv", "2", "--epochs", "2",
+            "--lr-milestones", "1", "--select", "val_loss", "--batch-size", "16", "--augment", "none",
+            "--bootstrap", "20", "--threads", "1", "--quiet"]
+    hook = SIGNAL_AT.format(module="train", function="train_epoch", call=3, signal="SIGINT")  # 2 epochs a run
     cut = run_wrapped(hook, args)
     assert cut.returncode == 130 and "rerun" in one_line(cut)
     finished = snapshot(tmp_path / "ab" / "runs" / "qsm" / "seed0" / "fold0")
@@ -172,6 +173,8 @@ def test_ablate_interrupted_in_its_second_run_says_how_to_resume_and_then_finish
     assert rerun.returncode == 0, rerun.stderr
     assert snapshot(tmp_path / "ab" / "runs" / "qsm" / "seed0" / "fold0") == finished  # skipped, not retrained
     assert (tmp_path / "ab" / "results.md").exists()
+    run_config = json.loads((tmp_path / "ab" / "runs" / "flair" / "seed0" / "fold1" / "config.json").read_text())
+    assert run_config["lr_milestones"] == [1] and run_config["select"] == "val_loss"  # ablate's options reach runs
 
 
 @pytest.mark.slow

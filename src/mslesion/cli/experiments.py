@@ -34,6 +34,8 @@ def ablate_command(
     epochs: Annotated[int, option(TrainConfig, "epochs")] = TEMPLATE.epochs,
     batch_size: Annotated[int, option(TrainConfig, "batch_size")] = TEMPLATE.batch_size,
     lr: Annotated[float, option(TrainConfig, "lr")] = TEMPLATE.lr,
+    lr_milestones: Annotated[str, option(TrainConfig, "lr_milestones")] = joined(TEMPLATE.lr_milestones),
+    select: Annotated[str, option(TrainConfig, "select")] = TEMPLATE.select,
     val_fraction: Annotated[float, option(TrainConfig, "val_fraction")] = TEMPLATE.val_fraction,
     oversample: Annotated[str, option(TrainConfig, "oversample")] = joined(TEMPLATE.oversample),
     bootstrap: Annotated[int, option(AblationConfig, "n_bootstrap", "--bootstrap")] = ABLATION.n_bootstrap,
@@ -54,6 +56,7 @@ def ablate_command(
     template = dataclasses.replace(
         TEMPLATE, classes=classes, task=task, class_weights=class_weights, arch=arch,
         augment=augment, epochs=epochs, batch_size=batch_size, lr=lr,
+        lr_milestones=parse_ints(lr_milestones, "--lr-milestones"), select=select,
         val_fraction=val_fraction, oversample=parse_ints(oversample, "--oversample"), device=device,
         precision=precision, threads=threads, in_memory=in_memory, shuffle_window=shuffle_window,
     )
