@@ -96,7 +96,8 @@ class _BNReLUPool(torch.autograd.Function):
         # the pooled voxel of relu(a·x + b) is x's max where a > 0 and its min where a < 0
         pooled, indices = _extreme_pool(x, scale < 0)
         # the affine map of the pooled voxels by aten's batch-norm kernel: fp32 math, one pass, x's dtype
-        out = torch.batch_norm(pooled, weight, bias, mean, var, False, 0.0, eps, False).relu_()
+        # (out of place: an in-place relu_ is ~3× slower on a bf16 channels-last tensor)
+        out = F.relu(torch.batch_norm(pooled, weight, bias, mean, var, False, 0.0, eps, False))
         ctx.save_for_backward(x, _storage_offsets(x, indices), pooled, out, mean, invstd, weight)
         ctx.mark_non_differentiable(mean, var)
         return out, mean + conv_bias.float(), var
@@ -105,21 +106,25 @@ class _BNReLUPool(torch.autograd.Function):
     def backward(ctx, grad_out, _grad_mean, _grad_var):
         x, offsets, pooled, out, mean, invstd, weight = ctx.saved_tensors
         count = x.numel() // x.shape[1]
-        dims = (0, 2, 3, 4)
-        layout = _layout(pooled)
-        g = torch.where(out > 0, grad_out, 0).float().contiguous(memory_format=layout)  # ReLU's derivative
-        selected = torch.sub(pooled, _per_channel(mean))  # x − μ at the pooled positions, fp32
-        grad_bias = g.sum(dims)
-        grad_weight = (g * selected).sum(dims) * invstd
+        # ReLU's derivative by its own kernel (a `where` on the mask is ~4× slower on bf16 channels-last)
+        g = torch.ops.aten.threshold_backward(grad_out, out, 0).contiguous(memory_format=_layout(pooled))
+        # Σg and Σg·x̂ over the pooled positions (every other position has zero upstream gradient): aten's
+        # batch-norm backward reduction, one pass over g and the pooled values, fp32 accumulation in any dtype
+        _, grad_weight, grad_bias = torch.ops.aten.native_batch_norm_backward(
+            g, pooled, weight, None, None, mean, invstd, True, 0.0, [False, True, True])
         scale = weight.float() * invstd
-        # dx = a·G − a·Σg/N − a·x̂·Σ(g·x̂)/N = (x − μ)·c1 + c0 + scatter(a·g), with a = γ/σ. The dense part is
-        # aten's batch-norm kernel in inference form (var 1, eps 0): one fp32-exact pass in x's dtype; the
-        # pooled positions are then overwritten with their full value, rounded once.
-        c1 = -scale * invstd * grad_weight / count
-        c0 = -scale * grad_bias / count
-        grad_x = torch.batch_norm(x, c1, c0, mean, torch.ones_like(mean), False, 0.0, 0.0, False)
-        at_pooled = torch.addcmul(_per_channel(c0), selected, _per_channel(c1)).addcmul_(g, _per_channel(scale))
-        _flat(grad_x).index_put_((offsets,), _flat(at_pooled.to(x.dtype).contiguous(memory_format=layout)))
+        # dx = a·G − a·Σg/N − a·x̂·Σ(g·x̂)/N = (x − μ)·c1 + c0 + scatter(a·g), with a = γ/σ. Every per-channel
+        # affine map below is aten's batch-norm kernel in inference form (var 1, eps 0): one pass, fp32 math, x's
+        # dtype out (a mixed-dtype `addcmul` with an fp32 per-channel factor is ~7× slower on bf16). The pooled
+        # positions are then overwritten with their full value, the dense map plus a·g.
+        c1 = -scale * invstd * grad_weight.float() / count
+        c0 = -scale * grad_bias.float() / count
+        ones, zeros = torch.ones_like(mean), torch.zeros_like(mean)
+        grad_x = torch.batch_norm(x, c1, c0, mean, ones, False, 0.0, 0.0, False)
+        at_pooled = torch.batch_norm(pooled, c1, c0, mean, ones, False, 0.0, 0.0, False).add_(
+            torch.batch_norm(g, scale, zeros, zeros, ones, False, 0.0, 0.0, False))
+        # the offsets are distinct (2/2 pool windows do not overlap): a plain copy, no accumulation
+        _flat(grad_x).index_copy_(0, offsets, _flat(at_pooled.contiguous(memory_format=_layout(pooled))))
         # A bias before training-mode batch norm cancels exactly: its true gradient is zero.
         return grad_x, torch.zeros_like(weight), grad_weight.to(weight.dtype), grad_bias.to(weight.dtype), None
 
