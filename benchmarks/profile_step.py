@@ -20,11 +20,10 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).parent))
-from train_speed import cpu_description, our_train_step  # noqa: E402
+from train_speed import cpu_description, our_train_step, tta_subject_inputs  # noqa: E402
 
 from mslesion import runtime  # noqa: E402
 from mslesion.inference import predict_probabilities  # noqa: E402
-from mslesion.model import LesionNet  # noqa: E402
 
 CONVOLUTION_KERNELS = ("aten::mkldnn_convolution", "aten::convolution_backward", "aten::_convolution")
 
@@ -60,9 +59,7 @@ def main() -> None:
 
 def tta_subject(batch_size: int, precision: str):
     """One subject as train_speed.py's TTA part times it: 50 lesions × 48 symmetries."""
-    torch.manual_seed(0)
-    model = LesionNet(3, 2, 35).eval()
-    lesions = torch.randn(50, 3, 35, 35, 35) * 0.02
+    model, lesions = tta_subject_inputs()
     return lambda: predict_probabilities(model, lesions, batch_size, "cpu", tta=True, precision=precision)
 
 

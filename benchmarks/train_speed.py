@@ -162,11 +162,15 @@ def throughput(times: dict[str, list[float]], samples: int) -> dict[str, float]:
     return {name: samples / statistics.median(ts) for name, ts in times.items()}
 
 
+def tta_subject_inputs() -> tuple[LesionNet, torch.Tensor]:
+    """The TTA part's seeded net and subject: 50 lesions of 3 × 35³ (2,400 patch evaluations with 48 symmetries)."""
+    torch.manual_seed(0)
+    return LesionNet(3, 2, 35).eval(), torch.randn(50, 3, 35, 35, 35) * 0.02
+
+
 def tta_subject(precision: str) -> float:
     """Seconds for one subject: 50 lesions × 48 symmetries = 2,400 patch evaluations."""
-    torch.manual_seed(0)
-    model = LesionNet(3, 2, 35).eval()
-    lesions = torch.randn(50, 3, 35, 35, 35) * 0.02
+    model, lesions = tta_subject_inputs()
     predict_probabilities(model, lesions[:2], 128, "cpu", tta=True, precision=precision)  # warm-up
     started = time.perf_counter()
     predict_probabilities(model, lesions, 128, "cpu", tta=True, precision=precision)

@@ -106,8 +106,9 @@ class _BNReLUPool(torch.autograd.Function):
     def backward(ctx, grad_out, _grad_mean, _grad_var):
         x, offsets, pooled, out, mean, invstd, weight = ctx.saved_tensors
         count = x.numel() // x.shape[1]
+        layout = _layout(pooled)
         # ReLU's derivative by its own kernel (a `where` on the mask is ~4× slower on bf16 channels-last)
-        g = torch.ops.aten.threshold_backward(grad_out, out, 0).contiguous(memory_format=_layout(pooled))
+        g = torch.ops.aten.threshold_backward(grad_out, out, 0).contiguous(memory_format=layout)
         # Σg and Σg·x̂ over the pooled positions (every other position has zero upstream gradient): aten's
         # batch-norm backward reduction, one pass over g and the pooled values, fp32 accumulation in any dtype
         _, grad_weight, grad_bias = torch.ops.aten.native_batch_norm_backward(
@@ -124,7 +125,7 @@ class _BNReLUPool(torch.autograd.Function):
         at_pooled = torch.batch_norm(pooled, c1, c0, mean, ones, False, 0.0, 0.0, False).add_(
             torch.batch_norm(g, scale, zeros, zeros, ones, False, 0.0, 0.0, False))
         # the offsets are distinct (2/2 pool windows do not overlap): a plain copy, no accumulation
-        _flat(grad_x).index_copy_(0, offsets, _flat(at_pooled.contiguous(memory_format=_layout(pooled))))
+        _flat(grad_x).index_copy_(0, offsets, _flat(at_pooled.contiguous(memory_format=layout)))
         # A bias before training-mode batch norm cancels exactly: its true gradient is zero.
         return grad_x, torch.zeros_like(weight), grad_weight.to(weight.dtype), grad_bias.to(weight.dtype), None
 
