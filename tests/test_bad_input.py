@@ -701,6 +701,8 @@ ARG_CASES = [
     case("arg-ablate-bootstrap-five", [*ABLATE, "--bootstrap", "5"], 2, "--bootstrap"),
     case("arg-ablate-device-tpu", [*ABLATE, "--device", "tpu"], 2, "--device"),
     case("arg-ablate-lr-nan", [*ABLATE, "--lr", "nan"], 2, "--lr"),
+    case("arg-ablate-lr-milestones-not-int", [*ABLATE, "--lr-milestones", "x,2"], 2, "--lr-milestones"),
+    case("arg-ablate-select-unknown", [*ABLATE, "--select", "best"], 2, "--select", "best"),
     case("arg-ablate-split-unknown", [*ABLATE, "--split", "lesion"], 2, "--split"),
     case("arg-demo-device-tpu", ["demo", "--out", "{tmp}/demo", "--device", "tpu"], 2, "--device", "tpu"),
     case("arg-demo-device-cuda", ["demo", "--out", "{tmp}/demo", "--device", "cuda"], 2, "--device", "CUDA"),
