@@ -37,7 +37,7 @@ PATCH = 23
 
 def make_run(
     folder: Path, channels=("flair", "qsm", "mask"), uniform: bool = False, seed: int = 0, temperature: float = 1.0,
-    arch: str = "paper",
+    arch: str = "paper", augment: str = "random",
 ) -> Path:
     """A run folder holding an (untrained) model.pt; `uniform` zeroes the classifier so every p = 0.5."""
     torch.manual_seed(seed)
@@ -45,7 +45,7 @@ def make_run(
     if uniform:
         torch.nn.init.zeros_(model.classifier.weight)
         torch.nn.init.zeros_(model.classifier.bias)
-    cfg = TrainConfig(data="x.h5", out=str(folder), channels=channels, arch=arch)
+    cfg = TrainConfig(data="x.h5", out=str(folder), channels=channels, arch=arch, augment=augment)
     meta = model_metadata(model, cfg, ClassMap.parse(PAPER_CLASSES), channels)
     save_torch({**meta, "temperature": temperature, "state_dict": model.state_dict()}, folder / MODEL)
     return folder
@@ -423,6 +423,40 @@ def test_tta_progress_is_reported_per_batch_of_lesions(tmp_path, monkeypatch, ca
     lines = text.splitlines()
     assert any(line.startswith("sub-1: 3 lesions × 48 symmetries: 144/144 in ") for line in lines), text
     assert any(line.startswith("subjects: 1/1 in ") for line in lines), text
+
+
+@pytest.mark.parametrize(("augment", "symmetries"), [("random", 48), ("full", 48), ("flips", 8)])
+def test_tta_averages_over_the_models_own_symmetry_group(tmp_path, monkeypatch, capsys, augment, symmetries):
+    # a flips-trained model (data in an anatomical frame) never saw the axis-exchanging rotations: TTA over all 48
+    # would average in views it cannot read
+    from mslesion.inference import predict_probabilities
+    from mslesion.transforms import apply_symmetry
+
+    model = LesionNet(2, 2, PATCH).eval()
+    images = torch.from_numpy(np.random.default_rng(1).normal(size=(3, 2, PATCH, PATCH, PATCH)).astype(np.float32))
+    mean, spread = predict_probabilities(model, images, batch_size=7, tta=True, symmetries=symmetries)
+    with torch.no_grad():
+        views = torch.stack([torch.softmax(model(apply_symmetry(images, k)), 1) for k in range(symmetries)])
+    np.testing.assert_allclose(mean, views.mean(0).numpy(), atol=1e-5)
+    np.testing.assert_allclose(spread, views.std(0).numpy(), atol=1e-5)
+
+    run = make_run(tmp_path / "run", channels=("flair", "mask"), augment=augment)
+    s = write_subject(tmp_path / "s", "sub-1", lesions=LESIONS[:1])
+    code, text = run_cli(["predict", run, "--mask", s.mask, "--flair", s.flair, "--out", tmp_path / "p", "--tta"],
+                         monkeypatch, capsys)
+    assert code == 0, text
+    assert f"1 lesions × {symmetries} symmetries: {symmetries}/{symmetries}" in text
+    assert json.loads((tmp_path / "p" / "predict_config.json").read_text())["tta_symmetries"] == symmetries
+
+
+def test_tta_of_a_model_trained_without_augmentation_is_refused(tmp_path, monkeypatch, capsys):
+    run = make_run(tmp_path / "run", channels=("flair", "mask"), augment="none")
+    s = write_subject(tmp_path / "s", "sub-1", lesions=LESIONS[:1])
+    code, text = run_cli(["predict", run, "--mask", s.mask, "--flair", s.flair, "--out", tmp_path / "p", "--tta"],
+                         monkeypatch, capsys)
+    assert code == 2
+    assert text.strip().count("\n") == 0 and "--tta" in text and "--augment none" in text
+    assert not (tmp_path / "p").exists()
 
 
 def test_predict_and_train_share_the_precision_default():

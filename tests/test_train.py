@@ -124,6 +124,46 @@ def test_learns_a_separable_set_in_ppm_or_ppb_units(tmp_path: Path, scale: float
     assert min(metrics["true_positive_rate"].values()) >= 0.8
 
 
+def test_evaluate_reuses_a_given_task_only_when_it_is_the_runs_own(tmp_path: Path, monkeypatch):
+    # demo and ablate hand their loaded task to evaluate instead of reading the file again per run
+    import mslesion.evaluate as evaluate_module
+    from mslesion.data.task import load_task
+
+    cfg = toy_config(tmp_path, "run", epochs=1)
+    run = train(cfg, show_progress=False)
+    own = load_task(cfg.data, cfg.channels, cfg.classes)
+    other = load_task(cfg.data, ("qsm",), cfg.classes)
+    expected = evaluate(EvaluateConfig(run=str(run)))
+    loads = []
+    monkeypatch.setattr(evaluate_module, "load_task", lambda *a, **k: loads.append(a) or load_task(*a, **k))
+    assert evaluate(EvaluateConfig(run=str(run)), own) == expected
+    assert loads == []
+    assert evaluate(EvaluateConfig(run=str(run)), other) == expected  # other channels: the file is read
+    assert len(loads) == 1 and loads[0][1] == cfg.channels
+
+
+def test_evaluate_tta_averages_over_the_models_symmetry_group(tmp_path: Path):
+    from mslesion.data.task import load_task
+    from mslesion.inference import predict_probabilities
+    from mslesion.runs import load_trained, read_predictions
+
+    cfg = toy_config(tmp_path, "run", epochs=1, augment="flips")
+    run = train(cfg, show_progress=False)
+    plain = evaluate(EvaluateConfig(run=str(run)))
+    averaged = evaluate(EvaluateConfig(run=str(run), tta=True))
+    assert (plain["tta_symmetries"], averaged["tta_symmetries"]) == (1, 8)
+    trained, task = load_trained(run), load_task(cfg.data, cfg.channels, cfg.classes)
+    test = np.asarray([r["index"] for r in json.loads((run / "split.json").read_text())["test"]])
+    expected, _ = predict_probabilities(trained.model, task.images[test], tta=True, symmetries=8,
+                                        temperature=trained.temperature)
+    written = read_predictions(run / "predictions.csv")
+    np.testing.assert_array_equal(written.index, test)
+    np.testing.assert_allclose(written.probabilities, expected, atol=2e-6)  # written with 6 decimals
+    none = train(toy_config(tmp_path, "none", epochs=1, augment="none"), show_progress=False)
+    with pytest.raises(InputError, match="--augment none"):
+        evaluate(EvaluateConfig(run=str(none), tta=True))
+
+
 @pytest.mark.slow
 def test_resumed_run_equals_uninterrupted_run(tmp_path: Path, monkeypatch):
     uninterrupted = train(toy_config(tmp_path, "a", epochs=3), show_progress=False)

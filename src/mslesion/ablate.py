@@ -167,7 +167,7 @@ def train_and_evaluate_run(run: TrainConfig, task: Task) -> str:
     if not (run_dir / MODEL).exists():
         status = "resumed" if (run_dir / CHECKPOINT).exists() else "trained"
         train(run, resume=True, show_progress=False, task=task)  # resume=True also starts fresh runs
-    evaluate(EvaluateConfig(run=str(run_dir), device=run.device, in_memory=run.in_memory))
+    evaluate(EvaluateConfig(run=str(run_dir), device=run.device, in_memory=run.in_memory), task)
     return status
 
 

@@ -191,10 +191,12 @@ def column_descriptions(columns: tuple[str, ...], class_map: ClassMap) -> dict[s
             described[column] = dict(_FIXED_COLUMNS[column])
         elif column.startswith("p_") and name in classes:
             described[column] = {"Description": f"Probability of class {name} (codes {list(classes[name])}), after "
-                                                "temperature scaling (mean over the 48 symmetries with --tta)"}
+                                                "temperature scaling (with --tta, the mean over the model's symmetry "
+                                                "group: the 48 cube symmetries, or the 8 axis flips of a "
+                                                "flips-trained model)"}
         elif column.startswith("spread_") and name in classes:
-            described[column] = {"Description": f"Standard deviation of p_{name} over the 48 cube symmetries "
-                                                "(--tta)"}
+            described[column] = {"Description": f"Standard deviation of p_{name} over the model's symmetry "
+                                                "group (--tta)"}
         elif column in _DERIVED:
             described[column] = {"Description": f"Probability that the lesion is {_DERIVED[column]}: the sum of "
                                                 "its classes' probabilities"}

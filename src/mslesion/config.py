@@ -21,6 +21,12 @@ from typing import Any
 from mslesion import paper
 from mslesion.errors import InputError
 
+# Lesions per forward pass where nothing trains (evaluate, the validation passes, the out-of-distribution
+# features). fp32 inference on a 2-core CPU (benchmarks/inference_batch.py): 199 / 198 / 205 / 132 / 83
+# patches/s at batch 16 / 32 / 64 / 128 / 256; bf16 400-430 at every size. Past 64 the fp32 activations
+# (64 maps of 33³ per patch) outgrow what the CPU keeps close, and evaluation always runs in fp32.
+INFERENCE_BATCH_SIZE = 64
+
 SPLITS = ("paper", "patient", "predefined")
 AUGMENT_MODES = ("full", "random", "flips", "none")
 ARCHS = tuple(paper.ARCHITECTURES)
@@ -283,8 +289,11 @@ class EvaluateConfig:
     """Run folder written by `mslesion train`."""
     data: str = ""
     """Patch file to evaluate on; default: the run's own data and its test split."""
-    batch_size: int = 256
+    batch_size: int = INFERENCE_BATCH_SIZE
     """Lesions per forward pass."""
+    tta: bool = False
+    """Test-time augmentation, as predict --tta: the mean over the model's symmetry group (48 cube symmetries, or
+    the 8 axis flips of a --augment flips model); still fp32."""
     device: str = "cpu"
     """cpu, cuda or cuda:N."""
     abstain: float = 0.0

@@ -97,7 +97,7 @@ def train_and_evaluate_channels(cfg: TrainConfig, task) -> dict:
     if not is_finished_run(run_dir):
         channel_task = task.with_channels(cfg.channels)
         train(cfg, resume=True, task=channel_task)
-        evaluate(EvaluateConfig(run=str(run_dir), device=cfg.device))
+        evaluate(EvaluateConfig(run=str(run_dir), device=cfg.device), channel_task)
     metrics = read_json(run_dir / METRICS)
     return {
         "channels": channels, "accuracy": metrics["accuracy"], "balanced_accuracy": metrics["balanced_accuracy"],

@@ -18,6 +18,7 @@ from mslesion.runs import (
     PREDICTIONS,
     RUN_LOCK,
     SPLIT,
+    TrainedModel,
     load_trained,
     model_provenance,
     provenance,
@@ -37,26 +38,32 @@ def test_indices(run_dir: Path, task: Task, same_data: bool) -> np.ndarray:
     return indices
 
 
-def evaluate(cfg: EvaluateConfig) -> dict:
-    """Evaluate a run's finished model; writes metrics.json and predictions.csv into the run folder."""
+def evaluate(cfg: EvaluateConfig, task: Task | None = None) -> dict:
+    """Evaluate a run's finished model; writes metrics.json and predictions.csv into the run folder.
+
+    `task`: the run's own data as its training loaded it (demo, ablate), so that it is not read again; used only
+    when it is that file with the model's channels and classes, else the file is loaded as usual."""
     run_dir = Path(cfg.run)
     device = parse_device(cfg.device)
     trained = load_trained(run_dir)
+    symmetries = trained.tta_symmetries() if cfg.tta else 1  # a model without a symmetry group fails here
     data = cfg.data or trained.config.data
     same_data = not cfg.data or Path(cfg.data).resolve() == Path(trained.config.data).resolve()
-    task = load_task(data, trained.channels, trained.class_map, cfg.in_memory)
+    if not (task is not None and same_data and is_task_of(task, trained)):
+        task = load_task(data, trained.channels, trained.class_map, cfg.in_memory)
     if task.images.shape[2:] != (trained.model.patch_size,) * 3:
         raise InputError(f"patches are {task.images.shape[2:]}, the model expects {trained.model.patch_size}³", data)
     indices = test_indices(run_dir, task, same_data)
     images = task.images[indices] if isinstance(task.images, np.ndarray) else task.images.subset(indices)
-    probabilities, _ = predict_probabilities(trained.model, images, cfg.batch_size, device,
-                                             temperature=trained.temperature)
+    probabilities, _ = predict_probabilities(trained.model, images, cfg.batch_size, device, tta=cfg.tta,
+                                             temperature=trained.temperature, symmetries=symmetries)
     metrics = {
         "data": str(data),
         "split": "test" if same_data else "all",
         "channels": list(trained.channels),
         **provenance(), **model_provenance(run_dir), "synth_version": trained.synth_version,
         "precision_used": "fp32",  # evaluation always runs in fp32: metrics must not depend on the machine
+        "tta_symmetries": symmetries,  # 1: none
         **classification_metrics(task.targets[indices], probabilities, trained.class_map.names),
     }
     if trained.class_map.is_phenotype:
@@ -67,6 +74,12 @@ def evaluate(cfg: EvaluateConfig) -> dict:
         write_json(run_dir / METRICS, metrics)
         write_predictions(run_dir / PREDICTIONS, task, indices, probabilities)
     return metrics
+
+
+def is_task_of(task: Task, trained: TrainedModel) -> bool:
+    """Whether a loaded task is the trained run's own data, channels and classes."""
+    return (Path(task.source_path).resolve() == Path(trained.config.data).resolve()
+            and tuple(task.channels) == tuple(trained.channels) and task.class_map == trained.class_map)
 
 
 def phenotype_report(task: Task, indices: np.ndarray, probabilities: np.ndarray, seed: int = 0) -> dict:

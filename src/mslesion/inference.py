@@ -7,6 +7,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
+from mslesion.config import INFERENCE_BATCH_SIZE
 from mslesion.data.patches import PatchReader
 from mslesion.precision import resolve
 from mslesion.runtime import autocast_dtype, keep_freed_memory
@@ -15,7 +16,7 @@ from mslesion.transforms import N_SYMMETRIES, gather_augmented
 
 @torch.no_grad()
 def predict_logits(
-    model: torch.nn.Module, images: torch.Tensor | np.ndarray | PatchReader, batch_size: int = 256,
+    model: torch.nn.Module, images: torch.Tensor | np.ndarray | PatchReader, batch_size: int = INFERENCE_BATCH_SIZE,
     device: str | torch.device = "cpu", symmetry: int = 0, precision: str = "fp32",
 ) -> torch.Tensor:
     """Logits [N, n_classes] (fp32, on CPU) for images [N, C, D, H, W], optionally in cube symmetry k.
@@ -62,23 +63,27 @@ def _logits_of_pairs(model, images, idx, ks, batch_size, device, precision,
 
 
 def predict_probabilities(
-    model: torch.nn.Module, images: torch.Tensor | np.ndarray | PatchReader, batch_size: int = 256,
+    model: torch.nn.Module, images: torch.Tensor | np.ndarray | PatchReader, batch_size: int = INFERENCE_BATCH_SIZE,
     device: str | torch.device = "cpu", tta: bool = False, temperature: float = 1.0, precision: str = "fp32",
-    progress: Callable[[int], None] | None = None,
+    progress: Callable[[int], None] | None = None, symmetries: int = N_SYMMETRIES,
 ) -> tuple[np.ndarray, np.ndarray | None]:
-    """Class probabilities [N, K]; with tta, the mean over the 48 cube symmetries and their spread (std).
-    progress(n) is called after each batch of n forward passes (N passes in all, 48·N with tta)."""
+    """Class probabilities [N, K]; with tta, the mean over symmetries 0..symmetries−1 (the 48 of the cube, or the
+    8 axis flips of a model trained with --augment flips: transforms.AUGMENTATION_GROUPS) and their spread (std).
+    progress(n) is called after each batch of n forward passes (N passes in all, symmetries·N with tta)."""
     images = as_patch_source(images)
     if not tta:
         logits = _logits_of_pairs(model, images, torch.arange(len(images)), torch.zeros(len(images), dtype=torch.long),
                                   batch_size, device, precision, progress)
         return torch.softmax(logits / temperature, dim=1).numpy(), None
-    # all 48·N (symmetry, lesion) pairs in full batches, not 48 passes of N: small subjects fill batches too
+    if not 1 <= symmetries <= N_SYMMETRIES:
+        raise ValueError(f"symmetries must be 1..{N_SYMMETRIES}, got {symmetries}")
+    # all symmetries·N (symmetry, lesion) pairs in full batches, not one pass of N per symmetry: small subjects
+    # fill batches too
     n = len(images)
-    ks = torch.arange(N_SYMMETRIES).repeat_interleave(n)
-    idx = torch.arange(n).repeat(N_SYMMETRIES)
+    ks = torch.arange(symmetries).repeat_interleave(n)
+    idx = torch.arange(n).repeat(symmetries)
     logits = _logits_of_pairs(model, images, idx, ks, batch_size, device, precision, progress)
-    per_symmetry = torch.softmax(logits / temperature, dim=1).view(N_SYMMETRIES, n, -1)
+    per_symmetry = torch.softmax(logits / temperature, dim=1).view(symmetries, n, -1)
     return per_symmetry.mean(0).numpy(), per_symmetry.std(0).numpy()
 
 

@@ -23,6 +23,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from mslesion.config import INFERENCE_BATCH_SIZE
+
 OOD_VERSION = 2  # 2: block-wise feature statistics (0.4.0 development builds stored penultimate features)
 FEATURE_COMPONENTS = 64
 FEATURE_PASS = 0.95
@@ -39,7 +41,8 @@ def intensity_flag(channel: str) -> str:
 
 
 @torch.no_grad()
-def embeddings(model: torch.nn.Module, images, batch_size: int = 64, device: torch.device | str = "cpu") -> np.ndarray:
+def embeddings(model: torch.nn.Module, images, batch_size: int = INFERENCE_BATCH_SIZE,
+               device: torch.device | str = "cpu") -> np.ndarray:
     """The features the flags measure [N, F], in fp32 (the flags must not depend on the machine's precision):
     per conv block, each feature map's mean and standard deviation over space. Low blocks see texture, noise
     and resolution; the last sees what the classifier reads (Lee et al. use several layers for the same reason:

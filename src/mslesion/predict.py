@@ -82,7 +82,6 @@ from mslesion.runs import (
     subject_summary_name,
 )
 from mslesion.runtime import parse_device, set_threads
-from mslesion.transforms import N_SYMMETRIES
 
 UNCERTAIN, OUT_OF_DISTRIBUTION = "uncertain", "out_of_distribution"
 BINARY_NOTE = ("a binary model (remyelinating/demyelinating) cannot recognise unclassifiable lesions: it calls "
@@ -91,15 +90,16 @@ BINARY_NOTE = ("a binary model (remyelinating/demyelinating) cannot recognise un
 
 def classify(trained: TrainedModel, images, cfg: PredictConfig, bars=None,
              name: str = "lesions") -> tuple[np.ndarray, np.ndarray | None]:
-    """Probabilities (and TTA spread); with bars, a bar over the forward passes (48 per lesion with --tta: a subject
-    of 65 lesions is 3,120 passes, over a minute on a CPU)."""
+    """Probabilities (and TTA spread); with bars, a bar over the forward passes (48 per lesion with --tta for a
+    model trained on all cube symmetries: a subject of 65 lesions is 3,120 passes, over a minute on a CPU)."""
     from mslesion.inference import predict_probabilities
 
-    bar = bars.task(f"{name}: {len(images)} lesions{' × 48 symmetries' if cfg.tta else ''}",
-                    total=len(images) * (N_SYMMETRIES if cfg.tta else 1)) if bars is not None and len(images) else None
+    symmetries = trained.tta_symmetries() if cfg.tta else 1
+    bar = bars.task(f"{name}: {len(images)} lesions{f' × {symmetries} symmetries' if cfg.tta else ''}",
+                    total=len(images) * symmetries) if bars is not None and len(images) else None
     return predict_probabilities(trained.model, images, cfg.batch_size, parse_device(cfg.device), tta=cfg.tta,
                                  temperature=trained.temperature, precision=cfg.precision,
-                                 progress=bar.advance if bar is not None else None)
+                                 progress=bar.advance if bar is not None else None, symmetries=symmetries)
 
 
 def decisions(probabilities: np.ndarray, names: tuple[str, ...], abstain: float) -> tuple[np.ndarray, list[str]]:
@@ -426,4 +426,7 @@ def precision_used(cfg: PredictConfig) -> str:
 def _load(cfg: PredictConfig) -> TrainedModel:
     set_threads(cfg.threads)
     parse_device(cfg.device)  # an unavailable device fails before any work
-    return load_trained(cfg.run)
+    trained = load_trained(cfg.run)
+    if cfg.tta:
+        trained.tta_symmetries()  # a model without a symmetry group fails before any work too
+    return trained

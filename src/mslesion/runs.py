@@ -59,6 +59,7 @@ from mslesion.config import AblationConfig, TrainConfig, canonical_channels, fro
 from mslesion.data.task import ClassMap, Task
 from mslesion.errors import InputError
 from mslesion.model import LesionNet
+from mslesion.transforms import augmentation_symmetries
 
 RUN_FORMAT_VERSION = 2
 
@@ -242,6 +243,16 @@ class TrainedModel:
     ood: dict | None = None  # mslesion.ood statistics; None for models trained before version 0.4
     synth_version: int | None = None  # the synthetic generator version of the training data, if synthetic
 
+    def tta_symmetries(self) -> int:
+        """The symmetries test-time augmentation averages over: the group the model was trained to be invariant
+        to (48 cube symmetries for --augment random/full, 8 axis flips for flips). Rotations a flips model never
+        saw would only add error; a model trained without augmentation has no group, and --tta is refused."""
+        symmetries = augmentation_symmetries(self.config.augment)
+        if symmetries == 1:
+            raise InputError("--tta: the model was trained with --augment none, so it learned no symmetry to average "
+                             "over; predict without --tta")
+        return symmetries
+
 
 def load_trained(run_dir: str | Path) -> TrainedModel:
     """The finished model of a run folder (or builtin:<name>), in eval mode on the CPU."""
@@ -367,7 +378,8 @@ def prediction_record(run_dir: str | Path, config: dict, trained: TrainedModel,
     return {**provenance(), "config": config, **model_provenance(run_dir), "synth_version": trained.synth_version,
             "precision_used": precision_used, "channels": list(trained.channels),
             "classes": trained.class_map.spec(), "temperature": trained.temperature,
-            "patch_size": trained.model.patch_size}
+            "patch_size": trained.model.patch_size,
+            **({"tta_symmetries": trained.tta_symmetries()} if config.get("tta") else {})}
 
 
 def changed_prediction_settings(saved: dict, wanted: dict) -> list[str]:

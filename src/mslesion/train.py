@@ -351,7 +351,7 @@ def validation_logits(state: TrainingState) -> torch.Tensor:
     subset = state.items[:: max(1, len(state.items) // 1024)]
     batches = population_batches(state.images, subset, state.cfg.batch_size, state.cfg.seed, state.cfg.augment)
     set_population_batchnorm(probe, batches, state.device, state.dtype)
-    return predict_logits(probe, validation_images(state), 256, state.device, precision=state.cfg.precision)
+    return predict_logits(probe, validation_images(state), device=state.device, precision=state.cfg.precision)
 
 
 def validation_images(state: TrainingState):
@@ -629,7 +629,7 @@ def finish(state: TrainingState) -> None:
     set_population_batchnorm(model, batches, state.device, state.dtype)
     temperature = 1.0
     if val_targets is not None:
-        logits = predict_logits(model, validation_images(state), 256, state.device, precision=cfg.precision)
+        logits = predict_logits(model, validation_images(state), device=state.device, precision=cfg.precision)
         temperature = fit_temperature(logits, val_targets)
         log.info("temperature %.3f fitted on %d validation lesions", temperature, len(val_targets))
     ood = out_of_distribution_stats(state)

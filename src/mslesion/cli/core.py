@@ -130,12 +130,13 @@ def evaluate_command(
     device: Annotated[str, option(EvaluateConfig, "device")] = EVALUATE.device,
     abstain: Annotated[float, option(EvaluateConfig, "abstain")] = EVALUATE.abstain,
     in_memory: Annotated[str, option(EvaluateConfig, "in_memory")] = EVALUATE.in_memory,
+    tta: Annotated[bool, option(EvaluateConfig, "tta")] = EVALUATE.tta,
 ) -> None:
     """Evaluate a trained run: metrics.json and predictions.csv in the run folder, and a table."""
     from mslesion.evaluate import evaluate, metrics_table
 
     metrics = evaluate(EvaluateConfig(run=str(run), data=str(data or ""), device=device, abstain=abstain,
-                                      in_memory=in_memory))
+                                      in_memory=in_memory, tta=tta))
     console.print(metrics_table(metrics, f"{run}: {'test' if data is None else data} metrics"))
 
 
