@@ -7,6 +7,7 @@ out of every choice:
     python benchmarks/medmnist.py protocol vessel                      # every run of PROTOCOL not yet done
     python benchmarks/medmnist.py test vessel                          # only once all of them are done
     python benchmarks/medmnist.py table
+    python benchmarks/medmnist.py protocol3 vessel && python benchmarks/medmnist.py test3 vessel   # protocol 3
 
 `run` imports the npz from shared/data/medmnist3d (official train/val/test split kept), trains with
 `--split predefined --select val_auc` (weights of the epoch with the best AUC on the official validation
@@ -80,6 +81,10 @@ VARIANTS: dict[str, dict] = {
                       "augment": "flips", "arch": "compact"},
     "compact-cube": {"epochs": 20, "batch_size": 32, "lr": 0.01, "lr_milestones": (10, 15), "oversample": (1, 2),
                      "augment": "random", "arch": "compact"},
+    # Protocol 3 (committed before its runs): protocol 1's `flips` training, retrained (0.4.4's rounding differs),
+    # each model scored with and without test-time augmentation over the 8 flips it was trained on.
+    "flips-p3": {"epochs": 20, "batch_size": 32, "lr": 0.01, "lr_milestones": (10, 15), "oversample": (1, 2),
+                 "augment": "flips"},
 }
 PROTOCOL = {"variants": ("flips", "cube"), "seeds": (0, 1, 2)}
 # Protocol 2: one new candidate per data set against protocol 1's choice, whose per-seed validation AUCs are
@@ -91,7 +96,11 @@ PROTOCOL_2 = {
     "protocol_1": {"adrenal": ("cube", (0.844, 0.861, 0.855), 0.853),  # variant, val AUC per seed, mean test AUC
                    "vessel": ("flips", (0.894, 0.908, 0.925), 0.916)},
 }
-SEEDED_VARIANTS = set(PROTOCOL["variants"]) | set(PROTOCOL_2["variants"].values())
+# Protocol 3: the same models with and without 8-flip TTA (`evaluate --tta`: the mean over the model's own group).
+# Rule: TTA becomes the model of record if its mean validation AUC over seeds 0-2 (final models, fp32) is higher
+# than the same models' without it (ties: without). Both are then tested once, and both are reported.
+PROTOCOL_3 = {"variant": "flips-p3", "datasets": ("vessel",), "seeds": (0, 1, 2)}
+SEEDED_VARIANTS = set(PROTOCOL["variants"]) | set(PROTOCOL_2["variants"].values()) | {PROTOCOL_3["variant"]}
 N_BOOTSTRAP = 2000
 
 
@@ -183,6 +192,11 @@ def run(dataset: str, variant: str, seed: int, work: Path) -> dict:
 
 
 def protocol_runs(dataset: str, work: Path, number: int = 1) -> list[tuple[str, int, Path]]:
+    if number == 3:
+        if dataset not in PROTOCOL_3["datasets"]:
+            raise SystemExit(f"protocol 3 covers {', '.join(PROTOCOL_3['datasets'])} only")
+        variant = PROTOCOL_3["variant"]
+        return [(variant, s, run_dir_of(work, dataset, variant, s)) for s in PROTOCOL_3["seeds"]]
     if number == 2:
         variant = PROTOCOL_2["variants"][dataset]
         return [(variant, s, run_dir_of(work, dataset, variant, s)) for s in PROTOCOL_2["seeds"]]
@@ -197,6 +211,33 @@ def run_protocol(dataset: str, work: Path, number: int = 1) -> None:
             result = run(dataset, variant, seed, work)
             print(f"  val AUC {result['val_auc']:.3f} (epoch {result['selected_epoch']}), "
                   f"{result['train_seconds'] / 60:.1f} min", flush=True)
+        if number == 3:
+            record_validation_with_and_without_tta(run_dir)
+
+
+def validation_auc(run_dir: Path, tta: bool) -> float:
+    """ROC AUC of the run's final model on the official validation split, fp32 (as evaluate), with or without
+    TTA over the model's symmetry group."""
+    from mslesion.data.task import load_task
+    from mslesion.inference import predict_probabilities
+    from mslesion.metrics import roc_auc
+    from mslesion.runs import load_trained, read_json
+
+    trained = load_trained(run_dir)
+    task = load_task(trained.config.data, trained.channels, trained.class_map)
+    val = np.asarray([row["index"] for row in read_json(run_dir / "split.json")["val"]], dtype=np.int64)
+    probabilities, _ = predict_probabilities(trained.model, task.images[val], tta=tta, temperature=trained.temperature,
+                                             symmetries=trained.tta_symmetries() if tta else 1)
+    return float(roc_auc(task.targets[val], probabilities))
+
+
+def record_validation_with_and_without_tta(run_dir: Path) -> None:
+    result = json.loads((run_dir / "result.json").read_text())
+    if "val_auc_final" not in result:
+        result["val_auc_final"] = {"plain": validation_auc(run_dir, False), "tta": validation_auc(run_dir, True)}
+        write_json(run_dir / "result.json", result)
+    print(f"  {run_dir.name}: final model's val AUC {result['val_auc_final']['plain']:.3f}, with TTA "
+          f"{result['val_auc_final']['tta']:.3f}", flush=True)
 
 
 def mean_val_auc(results: list[dict]) -> float:
@@ -262,6 +303,57 @@ def test_protocol_2(dataset: str, work: Path) -> dict:
     return choice
 
 
+def test_protocol_3(dataset: str, work: Path) -> dict:
+    """Protocol 3: once its runs are done and scored on validation both ways, choose TTA or not by the mean
+    validation AUC, then evaluate every run once each way on the test split (both reported)."""
+    from mslesion.config import EvaluateConfig
+    from mslesion.evaluate import evaluate
+
+    runs = protocol_runs(dataset, work, 3)
+    results = finished_results(dataset, runs, "protocol-3")
+    if any("val_auc_final" not in r for r in results):
+        raise SystemExit(f"{dataset}: run `protocol3 {dataset}` again to score every run on validation first")
+    val = {way: float(np.mean([r["val_auc_final"][way] for r in results])) for way in ("plain", "tta")}
+    chosen = "tta" if val["tta"] > val["plain"] else "plain"
+    for (_, _, run_dir), result in zip(runs, results, strict=True):
+        for way, key in (("plain", "test"), ("tta", "test_tta")):
+            if key not in result:
+                evaluate(EvaluateConfig(run=str(run_dir), tta=way == "tta"))
+                result[key] = test_metrics(run_dir)
+                write_json(run_dir / "result.json", result)
+    choice = {"dataset": dataset, "protocol": 3, "chosen": chosen,
+              "rule": "TTA if its mean validation AUC over seeds 0-2 is higher than without (ties: without)",
+              "mean_val_auc": val,
+              "mean_test_auc": {way: float(np.mean([r[key]["auc"]["value"] for r in results]))
+                                for way, key in (("plain", "test"), ("tta", "test_tta"))}}
+    write_json(work / f"{dataset}-protocol3.json", choice)
+    return choice
+
+
+def protocol_3_rows(dataset: str, ours: list[dict], work: Path) -> list[str]:
+    path = work / f"{dataset}-protocol3.json"
+    if not path.exists():
+        return []
+    chosen = json.loads(path.read_text())["chosen"]
+    runs = sorted((r for r in ours if r["variant"] == PROTOCOL_3["variant"] and "test_tta" in r),
+                  key=lambda r: r["seed"])
+    lines = []
+    for way, key, label in (("tta", "test_tta", "8-flip TTA"), ("plain", "test", "no TTA")):
+        aucs = [r[key]["auc"]["value"] for r in runs]
+        mark = " **(chosen: best mean val AUC)**" if way == chosen else ""
+        lines.append(f"| {dataset} | LesionNet `flips` (protocol 3), {label}, mean of {len(runs)} seeds{mark} | "
+                     f"**{np.mean(aucs):.3f}** (seeds {min(aucs):.3f}–{max(aucs):.3f}) | "
+                     f"{np.mean([r[key]['acc']['value'] for r in runs]):.3f} | "
+                     f"{np.mean([r[key]['balanced_acc']['value'] for r in runs]):.3f} | "
+                     f"{np.mean([r['val_auc_final'][way] for r in runs]):.3f} | – |")
+        for r in runs:
+            t = r[key]
+            lines.append(f"| {dataset} | LesionNet `flips` (protocol 3), {label}, seed {r['seed']} | {fmt(t['auc'])} | "
+                         f"{fmt(t['acc'])} | {fmt(t['balanced_acc'])} | {r['val_auc_final'][way]:.3f} | "
+                         f"{r['train_seconds'] / 60:.1f} min ({cpu_minutes(r)}) |")
+    return lines
+
+
 def fmt(metric: dict) -> str:
     low, high = metric["ci95"]
     return f"{metric['value']:.3f} [{low:.3f}, {high:.3f}]"
@@ -277,8 +369,10 @@ def table(work: Path) -> str:
     results = []
     for path in sorted(work.glob("*/result.json")):
         result = json.loads(path.read_text())
-        if "test" in result:
-            result["test"] = test_metrics(path.parent)  # recomputed from predictions.csv, same code for every run
+        if "test" in result and result["variant"] != PROTOCOL_3["variant"]:
+            # recomputed from predictions.csv, same code for every run (protocol 3 evaluates each run twice, so its
+            # predictions.csv holds only the last way; its figures stay as recorded)
+            result["test"] = test_metrics(path.parent)
         results.append(result)
     lines = ["| data set | method | test AUC [95% CI] | test ACC [95% CI] | balanced ACC [95% CI] | val AUC | "
              "train wall time (CPU time) |", "|---|---|---|---|---|---|---|"]
@@ -292,7 +386,8 @@ def table(work: Path) -> str:
             n, positives = tested[0]["test"]["n"], tested[0]["test"]["n_positive"]
             lines.append(f"| {dataset} | all-negative (n={n}, {positives} positive) | 0.500 | "
                          f"{(n - positives) / n:.3f} | 0.500 | – | – |")
-        lines += protocol_rows(dataset, ours, work)
+        lines += protocol_3_rows(dataset, ours, work)
+        lines += protocol_rows(dataset, [r for r in ours if r["variant"] != PROTOCOL_3["variant"]], work)
         for r in sorted((r for r in tested if r["variant"] not in SEEDED_VARIANTS), key=lambda r: r["variant"]):
             lines.append(run_row(dataset, f"LesionNet `{r['variant']}` (first round, seed 0)", r))
     return "\n".join(lines) + "\n"
@@ -340,7 +435,9 @@ def main() -> None:
     for name, text in (("protocol", "Train every protocol run not yet done."),
                        ("test", "Choose on validation, then test every protocol run once."),
                        ("protocol2", "Train every run of protocol 2 (--arch compact) not yet done."),
-                       ("test2", "Protocol 2: choose on validation against protocol 1, then test its runs.")):
+                       ("test2", "Protocol 2: choose on validation against protocol 1, then test its runs."),
+                       ("protocol3", "Protocol 3: train its runs, score each on validation with and without TTA."),
+                       ("test3", "Protocol 3: choose TTA or not on validation, then test every run both ways.")):
         sub.add_parser(name, help=text).add_argument("dataset", choices=sorted(DATASETS))
     table_parser = sub.add_parser("table", help="Markdown table of all finished runs.")
     table_parser.add_argument("--out", type=Path, default=None)
@@ -356,6 +453,10 @@ def main() -> None:
         run_protocol(args.dataset, args.work, 2)
     elif args.command == "test2":
         print(json.dumps(test_protocol_2(args.dataset, args.work), indent=1))
+    elif args.command == "protocol3":
+        run_protocol(args.dataset, args.work, 3)
+    elif args.command == "test3":
+        print(json.dumps(test_protocol_3(args.dataset, args.work), indent=1))
     else:
         text = table(args.work)
         if args.out:
