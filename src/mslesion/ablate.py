@@ -187,7 +187,7 @@ def pooled_runs(cfg: AblationConfig, channel_set: str, runs: str = "") -> list[R
             return None if any(v is None for v in values) else np.concatenate(values)[order]
 
         pooled.append(RunPredictions(joined("index"), joined("probabilities"), joined("patients"), joined("targets"),
-                                     parts[0].names, joined("labels"), joined("volumes")))
+                                     parts[0].names, joined("labels"), joined("volumes"), joined("lesions")))
     return pooled
 
 

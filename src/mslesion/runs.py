@@ -299,6 +299,7 @@ class RunPredictions:
     names: tuple[str, ...]  # class names
     labels: np.ndarray | None = None  # Table 1 codes
     volumes: np.ndarray | None = None  # mm³, where the run's data knew them
+    lesions: np.ndarray | None = None  # lesion id within its patient (with the patient: the lesion's identity)
 
 
 def write_predictions(path: Path, task: Task, indices: np.ndarray, probabilities: np.ndarray) -> None:
@@ -338,6 +339,7 @@ def read_predictions(path: Path) -> RunPredictions:
             names=names,
             labels=np.asarray([int(r["label"]) for r in rows], dtype=np.int64),
             volumes=np.asarray([float(r["volume_mm3"]) for r in rows]) if "volume_mm3" in header else None,
+            lesions=np.asarray([int(r["lesion"]) for r in rows], dtype=np.int64),
         )
     except (KeyError, ValueError, TypeError) as exc:
         raise InputError(f"malformed predictions table ({exc.__class__.__name__}: {exc})", path) from None
