@@ -679,6 +679,9 @@ ARG_CASES = [
     case("arg-evaluate-device-cuda0", ["evaluate", "{run}", "--device", "cuda:0"], 2, "--device", "CUDA"),
     case("arg-evaluate-device-tpu", ["evaluate", "{run}", "--device", "tpu"], 2, "--device", "tpu"),
     case("arg-evaluate-abstain-negative", ["evaluate", "{run}", "--abstain", "-0.1"], 2, "--abstain"),
+    # the matrix's run is trained with --augment none: no symmetry group for test-time augmentation
+    case("arg-evaluate-tta-without-augmentation", ["evaluate", "{run}", "--tta"], 2, "--tta", "--augment none"),
+    case("arg-predict-tta-without-augmentation", [*PREDICT, "--tta"], 2, "--tta", "--augment none"),
     case("arg-report-examples-99", [*REPORT, "--examples", "99"], 2, "--examples"),
     case("arg-report-abstain-nan", [*REPORT, "--abstain", "nan"], 2, "--abstain"),
     case("arg-extract-patch-size-8", extract_mask("{mask}", "--qsm", "{qsm}", "--patch-size", "8"), 2,

@@ -1,7 +1,7 @@
 """`mslesion demo`: the paper's study end to end on the synthetic cohort.
 
 Generates a cohort, trains the paper's net on all 7 channel combinations, evaluates each on its held-out
-test split and prints a Table-3-style table beside the paper's numbers. The quick setting fits ~10 minutes
+test split and prints a Table-3-style table beside the paper's numbers. The quick setting takes 16-20 minutes
 on a 2-core CPU; `--full` runs the paper protocol (Table 1-sized cohort, 48 symmetries, 15 epochs).
 Finished runs are skipped when the demo is started again, and an interrupted run resumes.
 """
