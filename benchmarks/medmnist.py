@@ -215,9 +215,9 @@ def run_protocol(dataset: str, work: Path, number: int = 1) -> None:
             record_validation_with_and_without_tta(run_dir)
 
 
-def validation_auc(run_dir: Path, tta: bool) -> float:
-    """ROC AUC of the run's final model on the official validation split, fp32 (as evaluate), with or without
-    TTA over the model's symmetry group."""
+def validation_aucs(run_dir: Path) -> dict[str, float]:
+    """ROC AUC of the run's final model on the official validation split, fp32 (as evaluate), without ("plain")
+    and with ("tta") TTA over the model's symmetry group; the model and the data are loaded once for both."""
     from mslesion.data.task import load_task
     from mslesion.inference import predict_probabilities
     from mslesion.metrics import roc_auc
@@ -226,15 +226,19 @@ def validation_auc(run_dir: Path, tta: bool) -> float:
     trained = load_trained(run_dir)
     task = load_task(trained.config.data, trained.channels, trained.class_map)
     val = np.asarray([row["index"] for row in read_json(run_dir / "split.json")["val"]], dtype=np.int64)
-    probabilities, _ = predict_probabilities(trained.model, task.images[val], tta=tta, temperature=trained.temperature,
-                                             symmetries=trained.tta_symmetries() if tta else 1)
-    return float(roc_auc(task.targets[val], probabilities))
+    images, targets = task.images[val], task.targets[val]
+    aucs = {}
+    for way, tta in (("plain", False), ("tta", True)):
+        probabilities, _ = predict_probabilities(trained.model, images, tta=tta, temperature=trained.temperature,
+                                                 symmetries=trained.tta_symmetries() if tta else 1)
+        aucs[way] = float(roc_auc(targets, probabilities))
+    return aucs
 
 
 def record_validation_with_and_without_tta(run_dir: Path) -> None:
     result = json.loads((run_dir / "result.json").read_text())
     if "val_auc_final" not in result:
-        result["val_auc_final"] = {"plain": validation_auc(run_dir, False), "tta": validation_auc(run_dir, True)}
+        result["val_auc_final"] = validation_aucs(run_dir)
         write_json(run_dir / "result.json", result)
     print(f"  {run_dir.name}: final model's val AUC {result['val_auc_final']['plain']:.3f}, with TTA "
           f"{result['val_auc_final']['tta']:.3f}", flush=True)
@@ -339,18 +343,11 @@ def protocol_3_rows(dataset: str, ours: list[dict], work: Path) -> list[str]:
                   key=lambda r: r["seed"])
     lines = []
     for way, key, label in (("tta", "test_tta", "8-flip TTA"), ("plain", "test", "no TTA")):
-        aucs = [r[key]["auc"]["value"] for r in runs]
-        mark = " **(chosen: best mean val AUC)**" if way == chosen else ""
-        lines.append(f"| {dataset} | LesionNet `flips` (protocol 3), {label}, mean of {len(runs)} seeds{mark} | "
-                     f"**{np.mean(aucs):.3f}** (seeds {min(aucs):.3f}–{max(aucs):.3f}) | "
-                     f"{np.mean([r[key]['acc']['value'] for r in runs]):.3f} | "
-                     f"{np.mean([r[key]['balanced_acc']['value'] for r in runs]):.3f} | "
-                     f"{np.mean([r['val_auc_final'][way] for r in runs]):.3f} | – |")
-        for r in runs:
-            t = r[key]
-            lines.append(f"| {dataset} | LesionNet `flips` (protocol 3), {label}, seed {r['seed']} | {fmt(t['auc'])} | "
-                         f"{fmt(t['acc'])} | {fmt(t['balanced_acc'])} | {r['val_auc_final'][way]:.3f} | "
-                         f"{r['train_seconds'] / 60:.1f} min ({cpu_minutes(r)}) |")
+        name = f"LesionNet `flips` (protocol 3), {label}"
+        lines.append(mean_row(dataset, name, [r[key] for r in runs], np.mean([r["val_auc_final"][way] for r in runs]),
+                              way == chosen))
+        lines += [run_row(dataset, f"{name}, seed {r['seed']}", r, r[key], f"{r['val_auc_final'][way]:.3f}")
+                  for r in runs]
     return lines
 
 
@@ -393,11 +390,22 @@ def table(work: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
-def run_row(dataset: str, label: str, r: dict) -> str:
-    t = r["test"]
-    return (f"| {dataset} | {label} | {fmt(t['auc'])} | {fmt(t['acc'])} | {fmt(t['balanced_acc'])} | "
-            f"{r['val_auc']:.3f} (epoch {r['selected_epoch']}) | "
+def run_row(dataset: str, label: str, r: dict, test: dict | None = None, val: str = "") -> str:
+    """One run's row: its test figures (default r["test"]) and validation AUC (default the selected epoch's)."""
+    t = test or r["test"]
+    val = val or f"{r['val_auc']:.3f} (epoch {r['selected_epoch']})"
+    return (f"| {dataset} | {label} | {fmt(t['auc'])} | {fmt(t['acc'])} | {fmt(t['balanced_acc'])} | {val} | "
             f"{r['train_seconds'] / 60:.1f} min ({cpu_minutes(r)}) |")
+
+
+def mean_row(dataset: str, label: str, tests: list[dict], val_auc: float, chosen: bool) -> str:
+    """The mean over seeds of runs' test figures, with the seeds' AUC range and the mean validation AUC."""
+    aucs = [t["auc"]["value"] for t in tests]
+    mark = " **(chosen: best mean val AUC)**" if chosen else ""
+    return (f"| {dataset} | {label}, mean of {len(tests)} seeds{mark} | "
+            f"**{np.mean(aucs):.3f}** (seeds {min(aucs):.3f}–{max(aucs):.3f}) | "
+            f"{np.mean([t['acc']['value'] for t in tests]):.3f} | "
+            f"{np.mean([t['balanced_acc']['value'] for t in tests]):.3f} | {val_auc:.3f} | – |")
 
 
 def protocol_rows(dataset: str, ours: list[dict], work: Path) -> list[str]:
@@ -413,13 +421,8 @@ def protocol_rows(dataset: str, ours: list[dict], work: Path) -> list[str]:
         runs = sorted((r for r in ours if r["variant"] == variant and "test" in r), key=lambda r: r["seed"])
         if not runs:  # protocol 1's runs whose folders were not kept: their figures are in medmnist.md
             continue
-        aucs = [r["test"]["auc"]["value"] for r in runs]
-        mark = " **(chosen: best mean val AUC)**" if variant == chosen else ""
-        lines.append(f"| {dataset} | LesionNet `{variant}`, mean of {len(runs)} seeds{mark} | "
-                     f"**{np.mean(aucs):.3f}** (seeds {min(aucs):.3f}–{max(aucs):.3f}) | "
-                     f"{np.mean([r['test']['acc']['value'] for r in runs]):.3f} | "
-                     f"{np.mean([r['test']['balanced_acc']['value'] for r in runs]):.3f} | "
-                     f"{mean_val_auc(runs):.3f} | – |")
+        lines.append(mean_row(dataset, f"LesionNet `{variant}`", [r["test"] for r in runs], mean_val_auc(runs),
+                              variant == chosen))
         lines += [run_row(dataset, f"LesionNet `{variant}`, seed {r['seed']}", r) for r in runs]
     return lines
 

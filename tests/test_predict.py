@@ -449,16 +449,6 @@ def test_tta_averages_over_the_models_own_symmetry_group(tmp_path, monkeypatch, 
     assert json.loads((tmp_path / "p" / "predict_config.json").read_text())["tta_symmetries"] == symmetries
 
 
-def test_tta_of_a_model_trained_without_augmentation_is_refused(tmp_path, monkeypatch, capsys):
-    run = make_run(tmp_path / "run", channels=("flair", "mask"), augment="none")
-    s = write_subject(tmp_path / "s", "sub-1", lesions=LESIONS[:1])
-    code, text = run_cli(["predict", run, "--mask", s.mask, "--flair", s.flair, "--out", tmp_path / "p", "--tta"],
-                         monkeypatch, capsys)
-    assert code == 2
-    assert text.strip().count("\n") == 0 and "--tta" in text and "--augment none" in text
-    assert not (tmp_path / "p").exists()
-
-
 def test_predict_and_train_share_the_precision_default():
     import inspect
 

@@ -250,7 +250,7 @@ class TrainedModel:
         symmetries = augmentation_symmetries(self.config.augment)
         if symmetries == 1:
             raise InputError("--tta: the model was trained with --augment none, so it learned no symmetry to average "
-                             "over; predict without --tta")
+                             "over; leave out --tta")
         return symmetries
 
 
