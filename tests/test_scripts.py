@@ -13,6 +13,7 @@ import pytest
 from mslesion.paper import PAPER_CLASSES, PHENOTYPE_CLASSES
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+import compare_demo_protocols  # noqa: E402
 import derived_vs_dedicated  # noqa: E402
 
 Row = tuple[str, int, int, list[float]]
@@ -64,3 +65,49 @@ def test_derived_vs_dedicated_refuses_runs_that_tested_other_lesions(tmp_path: P
     binary = write_run(tmp_path / "binary", PAPER_CLASSES, BINARY_NAMES, [("sub-a", 3, 3, [0.3, 0.7])])
     with pytest.raises(SystemExit, match="did not test the same lesions"):
         derived_vs_dedicated.paired_sets(pheno, binary)
+
+
+def binary_rows(seed: int, n_patients: int = 12, noise: float = 0.0) -> list[Row]:
+    """Four lesions per patient, one in three remyelinating (code 2), with probabilities that track the class."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for p in range(n_patients):
+        for lesion in range(4):
+            code = 2 if (p + lesion) % 3 == 0 else 3
+            p_dem = np.clip((0.8 if code == 3 else 0.25) + rng.normal(0, 0.15 + noise), 0.01, 0.99)
+            rows.append((f"sub-{p:02d}", lesion + 1, code, [1 - p_dem, p_dem]))
+    return rows
+
+
+def write_demo(out: Path, runs: dict[str, list[Row]]) -> Path:
+    for name, rows in runs.items():
+        write_run(out / "quick" / name, PAPER_CLASSES, BINARY_NAMES, rows)
+    return out
+
+
+def test_demo_protocol_comparison_accepts_the_same_predictions(tmp_path: Path, capsys):
+    rows = binary_rows(0)
+    old = write_demo(tmp_path / "old", {"qsm": rows, "flair+qsm": rows})
+    new = write_demo(tmp_path / "new", {"qsm": rows, "flair+qsm": rows})
+    assert compare_demo_protocols.main([str(old), str(new), "--bootstrap", "200"]) == 0
+    out = capsys.readouterr().out
+    assert "qsm: inside" in out and "flair+qsm: inside" in out and "every row inside" in out
+
+
+def test_demo_protocol_comparison_rejects_a_row_that_leaves_the_interval(tmp_path: Path, capsys):
+    rows = binary_rows(0)
+    # the new qsm model calls every lesion demyelinating: its remyelinating TPR falls from ~1 to 0
+    worse = [(patient, lesion, code, [0.1, 0.9]) for patient, lesion, code, _ in rows]
+    old = write_demo(tmp_path / "old", {"qsm": rows, "flair": rows})
+    new = write_demo(tmp_path / "new", {"qsm": worse, "flair": rows})
+    assert compare_demo_protocols.main([str(old / "quick"), str(new / "quick"), "--bootstrap", "200"]) == 1
+    out = capsys.readouterr().out
+    assert "qsm: NOT inside" in out and "tpr_remyelinating" in out and "OUTSIDE" in out
+    assert "flair: inside" in out
+
+
+def test_demo_protocol_comparison_refuses_demos_that_tested_other_lesions(tmp_path: Path):
+    old = write_demo(tmp_path / "old", {"qsm": binary_rows(0)})
+    new = write_demo(tmp_path / "new", {"qsm": binary_rows(0, n_patients=11)})
+    with pytest.raises(SystemExit, match="did not test the same lesions"):
+        compare_demo_protocols.main([str(old), str(new)])
