@@ -77,3 +77,35 @@ def test_a_choice_measured_by_older_code_is_measured_again(cache: Path, monkeypa
     monkeypatch.setattr(precision, "measure", lambda use: {"choice": "bf16", "fp32_s": 1.0, "bf16_s": 0.5})
     assert precision.resolve(torch.device("cpu"), "auto", "inference") == "bf16"
     assert stale_key in json.loads(cache.read_text())  # kept beside the new entry, for an older install
+
+
+@pytest.mark.parametrize(("channels", "candidates"),
+                         [(1, [0, 1, 3]), (2, [0, 2]), (3, [0, 1]), (4, [0]), (5, [0, 1, 3])])
+def test_input_padding_candidates_round_up_to_2_and_4_channels(channels, candidates):
+    assert precision.pad_candidates(channels) == candidates
+
+
+def test_input_padding_is_measured_once_per_precision_and_channel_count(cache: Path, monkeypatch):
+    calls = []
+
+    def fake_measure(channels: int, dtype) -> dict:
+        calls.append((channels, dtype))
+        return {"pad": 1 if dtype == torch.bfloat16 else 0, "seconds": {}}
+
+    monkeypatch.setattr(precision, "measure_input_pad", fake_measure)
+    cpu = torch.device("cpu")
+    assert precision.inference_input_pad(cpu, torch.bfloat16, 3) == 1
+    assert precision.inference_input_pad(cpu, torch.bfloat16, 3) == 1  # from the cache
+    assert precision.inference_input_pad(cpu, None, 3) == 0
+    assert precision.inference_input_pad(cpu, torch.bfloat16, 1) == 1
+    assert calls == [(3, torch.bfloat16), (3, None), (1, torch.bfloat16)]
+    assert len(json.loads(cache.read_text())) == 3
+    assert precision.inference_input_pad(torch.device("cuda"), torch.bfloat16, 3) == 0 and len(calls) == 3
+
+
+def test_a_real_input_padding_measurement_keeps_a_pad_only_when_clearly_faster():
+    result = precision.measure_input_pad(1, None, repeats=1, batch=2)
+    assert set(result["seconds"]) == {"0", "1", "3"} and all(s > 0 for s in result["seconds"].values())
+    assert result["pad"] in (0, 1, 3)
+    if result["pad"]:
+        assert result["seconds"][str(result["pad"])] < precision.INPUT_PAD_MARGIN * result["seconds"]["0"]

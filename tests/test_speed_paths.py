@@ -230,3 +230,53 @@ def test_bf16_inference_pools_in_bf16_exactly(negative_gamma: bool):
             pre_pool = conv._conv_forward(x, folded, (conv.bias - bn.running_mean) * scale + bn.bias)
     assert pre_pool.dtype == torch.bfloat16 and out.dtype == torch.bfloat16
     assert torch.equal(out, F.relu(F.max_pool3d(pre_pool.float(), 2, 2)).to(torch.bfloat16))
+
+
+@pytest.mark.parametrize("arch", ["paper", "compact"])
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("pad", [1, 2])
+def test_zero_input_channels_change_the_net_only_by_rounding(pad: int, channels_last: bool, arch: str):
+    _, plain = reference_and_fused(arch=arch)
+    padded = copy.deepcopy(plain).pad_input(pad)
+    if channels_last:
+        plain.channels_last()
+        padded.channels_last()
+    x, y = batch()
+    logits, grads = step_gradients(plain, x, y)
+    padded_logits, padded_grads = step_gradients(padded, x, y)
+    torch.testing.assert_close(padded_logits, logits, rtol=1e-5, atol=1e-6)
+    for name, grad in grads.items():  # the padded weight's gradient comes back to the real weight, same shape
+        assert padded_grads[name].shape == grad.shape
+        assert relative_error(padded_grads[name], grad) < 1e-5 or grad.abs().max() == 0, name
+    assert {k: v.shape for k, v in padded.state_dict().items()} == {k: v.shape for k, v in plain.state_dict().items()}
+    plain.eval()
+    padded.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(padded(x), plain(x), rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(padded.embed(x), plain.embed(x), rtol=1e-5, atol=1e-6)
+
+
+def test_input_padding_needs_the_fused_blocks():
+    with pytest.raises(ValueError, match="fused"):
+        LesionNet(2, 2, 23, fused=False).pad_input(1)
+    assert LesionNet(2, 2, 23, fused=False).pad_input(0).input_pad == 0
+
+
+def test_inference_runs_with_the_measured_padding_and_restores_the_models_own(monkeypatch):
+    import mslesion.inference as inference
+
+    _, model = reference_and_fused()
+    x, _ = batch()
+    set_population_batchnorm(model, [x[:3], x[3:]])
+    expected, _ = inference.predict_probabilities(model, x, precision="fp32")  # measured choice for this machine
+    model.pad_input(1)  # the model's own setting, kept after inference
+    seen = []
+    forward = model.forward
+    model.forward = lambda batch_: seen.append(model.input_pad) or forward(batch_)
+    monkeypatch.setattr(inference, "inference_input_pad", lambda device, dtype, channels: 2)
+    probabilities, _ = inference.predict_probabilities(model, x, batch_size=4, tta=True, symmetries=8)
+    assert seen and set(seen) == {2}
+    assert model.input_pad == 1
+    plain, _ = inference.predict_probabilities(copy.deepcopy(model).pad_input(0), x, tta=False, precision="fp32")
+    torch.testing.assert_close(torch.as_tensor(plain), torch.as_tensor(expected), rtol=1e-5, atol=1e-6)
+    assert probabilities.shape == expected.shape

@@ -130,6 +130,13 @@ class _BNReLUPool(torch.autograd.Function):
         return grad_x, torch.zeros_like(weight), grad_weight.to(weight.dtype), grad_bias.to(weight.dtype), None
 
 
+def padded_weight(weight: torch.Tensor, in_channels: int) -> torch.Tensor:
+    """The conv weight with zero input channels appended up to `in_channels` (LesionNet.pad_input): the zero
+    channels of the input meet zero weights, so the output is the same up to rounding."""
+    extra = in_channels - weight.shape[1]
+    return F.pad(weight, (0, 0, 0, 0, 0, 0, 0, extra)) if extra else weight
+
+
 def conv_bn_relu_pool(x: torch.Tensor, conv: nn.Conv3d, bn: nn.modules.batchnorm._BatchNorm) -> torch.Tensor:
     """maxpool3d(relu(bn(conv(x))), 2, 2) the fused way; updates bn's running statistics as bn would.
 
@@ -138,7 +145,7 @@ def conv_bn_relu_pool(x: torch.Tensor, conv: nn.Conv3d, bn: nn.modules.batchnorm
     a random walk of the bias). It is added to the running mean, so evaluation mode is unchanged.
     """
     if bn.training:
-        y = conv._conv_forward(x, conv.weight, None)
+        y = conv._conv_forward(x, padded_weight(conv.weight, x.shape[1]), None)
         out, mean, var = _BNReLUPool.apply(y, conv.bias, bn.weight, bn.bias, bn.eps)
         _update_running_stats(bn, mean, var, y.numel() // y.shape[1])
         return out
@@ -148,10 +155,10 @@ def conv_bn_relu_pool(x: torch.Tensor, conv: nn.Conv3d, bn: nn.modules.batchnorm
     scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)
     if x.device.type == "cpu" and bool((scale > 0).all()):  # (the check would stall a GPU)
         shape = (-1,) + (1,) * (conv.weight.ndim - 1)
-        weight = conv.weight * scale.view(shape)
+        weight = padded_weight(conv.weight * scale.view(shape), x.shape[1])
         bias = (conv.bias - bn.running_mean) * scale + bn.bias
         return F.relu(_max_pool(conv._conv_forward(x, weight, bias)))
-    return _max_pool(F.relu(bn(conv(x))))
+    return _max_pool(F.relu(bn(conv._conv_forward(x, padded_weight(conv.weight, x.shape[1]), conv.bias))))
 
 
 def pooled_input_region(x: torch.Tensor, conv: nn.Conv3d) -> torch.Tensor:

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import contextmanager
 
 import numpy as np
 import torch
 
 from mslesion.config import INFERENCE_BATCH_SIZE
 from mslesion.data.patches import PatchReader
-from mslesion.precision import resolve
+from mslesion.model import LesionNet
+from mslesion.precision import inference_input_pad, resolve
 from mslesion.runtime import autocast_dtype, keep_freed_memory
 from mslesion.transforms import N_SYMMETRIES, gather_augmented
 
@@ -51,15 +53,31 @@ def _logits_of_pairs(model, images, idx, ks, batch_size, device, precision,
         keep_freed_memory()
     dtype = autocast_dtype(device, resolve(device, precision, "inference"))
     out = []
-    for start in range(0, len(idx), batch_size):
-        i, k = idx[start:start + batch_size], ks[start:start + batch_size]
-        batch = _batch(images, i, k)
-        with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-            out.append(model(batch.to(device, non_blocking=True)).float().cpu())
-        if progress is not None:
-            progress(len(i))
+    with _padded_input(model, device, dtype):
+        for start in range(0, len(idx), batch_size):
+            i, k = idx[start:start + batch_size], ks[start:start + batch_size]
+            batch = _batch(images, i, k)
+            with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+                out.append(model(batch.to(device, non_blocking=True)).float().cpu())
+            if progress is not None:
+                progress(len(i))
     n_classes = getattr(model, "n_classes", 2)
     return torch.cat(out) if out else torch.empty(0, n_classes)
+
+
+@contextmanager
+def _padded_input(model, device: torch.device, dtype: torch.dtype | None):
+    """The input padding this machine runs fastest (precision.inference_input_pad) for the duration of the
+    passes, then the model's own setting again (a validation pass must not change how training convolves)."""
+    if not isinstance(model, LesionNet) or not all(b.fused for b in model.features):
+        yield
+        return
+    before = model.input_pad
+    model.pad_input(inference_input_pad(device, dtype, model.in_channels))
+    try:
+        yield
+    finally:
+        model.pad_input(before)
 
 
 def predict_probabilities(
