@@ -5,7 +5,8 @@ slower than fp32 (measured: inference 2.5× naive in bf16 against 3.6× in fp32 
 not trust a hardware flag: the first time it is asked on a machine, it times a few steps of the paper's net in
 both precisions and keeps bf16 only when it is at least 10% faster; the choice is cached per CPU model, torch
 version, thread count and use in `$MSLESION_CACHE_DIR/precision.json` (default `~/.cache/mslesion`), so every later
-run on the machine makes the same choice (same seed ⇒ same weights) without measuring again.
+run on the machine makes the same choice (same seed ⇒ same weights) without measuring again. The same file holds
+inference's other per-machine choice, the first convolution's input padding (inference_input_pad).
 """
 
 from __future__ import annotations
