@@ -64,8 +64,7 @@ def run(data: Path, out: Path, channels: tuple[str, ...], init: str, epochs: int
                           seed=0),
               show_progress=False)
         evaluate(EvaluateConfig(run=str(out)))
-    p = read_predictions(out / PREDICTIONS)
-    return Predictions(p.targets, p.probabilities, p.patients)
+    return read_predictions(out / PREDICTIONS).predictions()
 
 
 def main() -> None:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mslesion.metrics import Predictions, patient_bootstrap, summary_vector
+from mslesion.metrics import patient_bootstrap, summary_vector
 from mslesion.runs import PREDICTIONS, RESULTS_JSON, read_predictions
 
 TABLE_METRICS = ("accuracy", "balanced_accuracy", "roc_auc")  # summary_vector's first three columns
@@ -32,18 +32,12 @@ def demo_folder(out: Path) -> Path:
     return out / "quick" if (out / "quick").is_dir() and not (out / RESULTS_JSON).exists() else out
 
 
-def same_lesions(old: Predictions, new: Predictions, keys_old: list, keys_new: list, where: Path) -> None:
-    if keys_old != keys_new or not np.array_equal(old.targets, new.targets):
-        raise SystemExit(f"{where}: the two demos did not test the same lesions in the same order")
-
-
 def compare_set(old_run: Path, new_run: Path, n_bootstrap: int) -> tuple[list[dict], bool]:
     """Each table column of one channel set: the old value, its CI, the new value, and whether it lies inside."""
     old, new = read_predictions(old_run / PREDICTIONS), read_predictions(new_run / PREDICTIONS)
-    old_sets = [Predictions(old.targets, old.probabilities, old.patients)]
-    new_sets = [Predictions(new.targets, new.probabilities, new.patients)]
-    same_lesions(old_sets[0], new_sets[0], [*zip(old.patients, old.lesions, strict=True)],
-                 [*zip(new.patients, new.lesions, strict=True)], new_run)
+    if old.lesion_keys() != new.lesion_keys() or not np.array_equal(old.targets, new.targets):
+        raise SystemExit(f"{new_run}: the two demos did not test the same lesions in the same order")
+    old_sets, new_sets = [old.predictions()], [new.predictions()]
     interval = patient_bootstrap(old_sets, n_resamples=n_bootstrap)
     new_values = summary_vector(new_sets)
     n_summary = len(interval["estimate"]) - len(old.names)

@@ -25,11 +25,7 @@ import numpy as np
 from mslesion.ablate import derived_binary
 from mslesion.data.task import ClassMap
 from mslesion.metrics import SUMMARY_METRICS, Predictions, paired_comparison, patient_bootstrap
-from mslesion.runs import RunPredictions, read_json, read_predictions
-
-
-def lesion_keys(predictions: RunPredictions) -> list[tuple[str, int]]:
-    return [(str(p), int(lesion)) for p, lesion in zip(predictions.patients, predictions.lesions, strict=True)]
+from mslesion.runs import read_json, read_predictions
 
 
 def paired_sets(phenotype_run: Path, binary_run: Path) -> tuple[Predictions, Predictions]:
@@ -37,10 +33,10 @@ def paired_sets(phenotype_run: Path, binary_run: Path) -> tuple[Predictions, Pre
     class_map = ClassMap.parse(read_json(phenotype_run / "config.json")["classes"])
     derived = derived_binary(pheno, class_map)
     keep = np.isin(pheno.targets, class_map.class_of(2, 6) + class_map.class_of(3, 5))
-    derived_keys = [k for k, kept in zip(lesion_keys(pheno), keep, strict=True) if kept]
+    derived_keys = [k for k, kept in zip(pheno.lesion_keys(), keep, strict=True) if kept]
 
     binary = read_predictions(binary_run / "predictions.csv")
-    row_of = {key: i for i, key in enumerate(lesion_keys(binary))}
+    row_of = {key: i for i, key in enumerate(binary.lesion_keys())}
     missing = [k for k in derived_keys if k not in row_of]
     if missing or len(row_of) != len(derived_keys):
         raise SystemExit(f"the two runs did not test the same lesions ({len(missing)} of the phenotype run's "

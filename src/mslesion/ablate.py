@@ -194,7 +194,7 @@ def pooled_runs(cfg: AblationConfig, channel_set: str, runs: str = "") -> list[R
 def pooled_predictions(cfg: AblationConfig, channel_set: str) -> tuple[list[Predictions], tuple[str, ...]]:
     """Per seed, the pooled test predictions as metrics.Predictions, and the class names."""
     pooled = pooled_runs(cfg, channel_set)
-    return [Predictions(p.targets, p.probabilities, p.patients) for p in pooled], pooled[0].names
+    return [p.predictions() for p in pooled], pooled[0].names
 
 
 def phenotype_summary(cfg: AblationConfig, channel_set: str) -> dict:
@@ -209,8 +209,7 @@ def phenotype_summary(cfg: AblationConfig, channel_set: str) -> dict:
                                n_resamples=cfg.n_bootstrap)
     if cfg.paired_binary:
         derived = [derived_binary(p, class_map) for p in pooled]
-        twins = [Predictions(p.targets, p.probabilities, p.patients)
-                 for p in pooled_runs(cfg, channel_set, BINARY_TWIN_RUNS)]
+        twins = [p.predictions() for p in pooled_runs(cfg, channel_set, BINARY_TWIN_RUNS)]
         try:
             report["derived_vs_dedicated_binary"] = paired_comparison(derived, twins, "roc_auc",
                                                                       n_resamples=cfg.n_bootstrap)

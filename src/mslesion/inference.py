@@ -69,7 +69,7 @@ def _logits_of_pairs(model, images, idx, ks, batch_size, device, precision,
 def _padded_input(model, device: torch.device, dtype: torch.dtype | None):
     """The input padding this machine runs fastest (precision.inference_input_pad) for the duration of the
     passes, then the model's own setting again (a validation pass must not change how training convolves)."""
-    if not isinstance(model, LesionNet) or not all(b.fused for b in model.features):
+    if not isinstance(model, LesionNet) or not model.can_pad_input():
         yield
         return
     before = model.input_pad

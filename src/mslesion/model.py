@@ -124,10 +124,14 @@ class LesionNet(nn.Module):
         to match): the same values up to rounding, and on some CPUs a much faster kernel (oneDNN on AMX runs a
         3×3×3 convolution of 4 input channels ~2× faster than of 3; mslesion.precision measures it per machine).
         A speed setting like channels_last: the parameters and state_dict are unchanged; returns self."""
-        if zero_channels and not all(block.fused for block in self.features):
+        if zero_channels and not self.can_pad_input():
             raise ValueError("input padding needs the fused conv blocks (the plain chain's Conv3d checks its channels)")
         self.input_pad = zero_channels
         return self
+
+    def can_pad_input(self) -> bool:
+        """Whether pad_input can feed this net zero channels: only the fused blocks pad the conv weight to match."""
+        return all(block.fused for block in self.features)
 
     def channels_last(self, enabled: bool = True) -> LesionNet:
         """Conv weights and activations in channels-last 3D layout (oneDNN's fast path on CPU; cuDNN's on

@@ -15,6 +15,7 @@ import json
 import os
 import platform
 import time
+from collections.abc import Callable
 from contextlib import suppress
 from pathlib import Path
 
@@ -105,19 +106,12 @@ def pad_candidates(in_channels: int) -> list[int]:
 
 def measure_input_pad(in_channels: int, dtype: torch.dtype | None, repeats: int = 3, batch: int = 16) -> dict:
     """Seconds per inference batch of the paper's net with each candidate padding; the fastest, with a margin."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        model = LesionNet(in_channels, 2, 35).channels_last().eval()
-        x = torch.randn(batch, in_channels, 35, 35, 35)
-    times: dict[int, list[float]] = {pad: [] for pad in pad_candidates(in_channels)}
-    for round_ in range(repeats + 1):  # interleaved, so that a busy moment hurts all; round 0 warms up
-        for pad, kept in times.items():
-            model.pad_input(pad)
-            started = time.perf_counter()
-            _step(model, x, dtype, "inference")
-            if round_:
-                kept.append(time.perf_counter() - started)
-    seconds = {pad: min(kept) for pad, kept in times.items()}
+    model, x = _timing_net(in_channels, batch, training=False)
+
+    def padded_step(pad: int) -> Callable[[], None]:
+        return lambda: _step(model.pad_input(pad), x, dtype, "inference")
+
+    seconds = _best_seconds({pad: padded_step(pad) for pad in pad_candidates(in_channels)}, repeats)
     fastest = min(seconds, key=seconds.get)
     pad = fastest if seconds[fastest] < INPUT_PAD_MARGIN * seconds[0] else 0
     return {"pad": pad, "seconds": {str(k): round(v, 5) for k, v in seconds.items()},
@@ -136,21 +130,35 @@ def measure(use: str, repeats: int = 3) -> dict:
     """Seconds per step of the paper's net (3 × 35³ input) in fp32 and bf16; the faster, with a margin for bf16."""
     if use not in USES:
         raise ValueError(f"use must be one of {USES}, got {use!r}")
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        model = LesionNet(3, 2, 35).channels_last().train(use == "training")
-        x = torch.randn(32 if use == "training" else 8, 3, 35, 35, 35)
-    times: dict[str, list[float]] = {"fp32": [], "bf16": []}
-    for round_ in range(repeats + 1):  # interleaved, so that a busy moment hurts both; round 0 warms up
-        for name, kept in times.items():
-            started = time.perf_counter()
-            _step(model, x, autocast_dtype(torch.device("cpu"), name), use)
-            if round_:
-                kept.append(time.perf_counter() - started)
-    seconds = {name: min(kept) for name, kept in times.items()}
+    model, x = _timing_net(3, 32 if use == "training" else 8, training=use == "training")
+
+    def step_in(name: str) -> Callable[[], None]:
+        return lambda: _step(model, x, autocast_dtype(torch.device("cpu"), name), use)
+
+    seconds = _best_seconds({name: step_in(name) for name in ("fp32", "bf16")}, repeats)
     choice = "bf16" if seconds["bf16"] < BF16_MARGIN * seconds["fp32"] else "fp32"
     return {"choice": choice, "fp32_s": round(seconds["fp32"], 5), "bf16_s": round(seconds["bf16"], 5),
             "measured": time.strftime("%Y-%m-%d %H:%M:%S")}
+
+
+def _timing_net(channels: int, batch: int, training: bool) -> tuple[LesionNet, torch.Tensor]:
+    """A seeded paper net in its fast layout and a batch of 35³ patches, without touching the caller's RNG."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = LesionNet(channels, 2, 35).channels_last().train(training)
+        return model, torch.randn(batch, channels, 35, 35, 35)
+
+
+def _best_seconds(runs: dict, repeats: int) -> dict:
+    """Each run's fastest of `repeats` timed calls, interleaved so that a busy moment hurts all; round 0 warms up."""
+    times: dict = {name: [] for name in runs}
+    for round_ in range(repeats + 1):
+        for name, run in runs.items():
+            started = time.perf_counter()
+            run()
+            if round_:
+                times[name].append(time.perf_counter() - started)
+    return {name: min(kept) for name, kept in times.items()}
 
 
 def _step(model: LesionNet, x: torch.Tensor, dtype: torch.dtype | None, use: str) -> None:

@@ -58,6 +58,7 @@ from mslesion.atomic import atomic_path, write_json
 from mslesion.config import AblationConfig, TrainConfig, canonical_channels, from_dict, to_dict
 from mslesion.data.task import ClassMap, Task
 from mslesion.errors import InputError
+from mslesion.metrics import Predictions
 from mslesion.model import LesionNet
 from mslesion.transforms import augmentation_symmetries
 
@@ -300,6 +301,14 @@ class RunPredictions:
     labels: np.ndarray | None = None  # Table 1 codes
     volumes: np.ndarray | None = None  # mm³, where the run's data knew them
     lesions: np.ndarray | None = None  # lesion id within its patient (with the patient: the lesion's identity)
+
+    def predictions(self) -> Predictions:
+        """The rows as the metrics read them: targets, probabilities and patients."""
+        return Predictions(self.targets, self.probabilities, self.patients)
+
+    def lesion_keys(self) -> list[tuple[str, int]]:
+        """(patient, lesion id) per row: a lesion's identity in any run that tested its patient."""
+        return [(str(p), int(lesion)) for p, lesion in zip(self.patients, self.lesions, strict=True)]
 
 
 def write_predictions(path: Path, task: Task, indices: np.ndarray, probabilities: np.ndarray) -> None:
