@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -14,6 +16,7 @@ from mslesion.data.patches import PatchSet, write_patches
 # `--precision auto` caches a measurement per machine: tests measure into a folder of their own (and every
 # subprocess they start inherits it), never into the user's cache.
 os.environ["MSLESION_CACHE_DIR"] = tempfile.mkdtemp(prefix="mslesion-test-cache-")
+atexit.register(shutil.rmtree, os.environ["MSLESION_CACHE_DIR"], ignore_errors=True)
 
 
 def toy_patches(
