@@ -32,6 +32,7 @@ AUGMENT_MODES = ("full", "random", "flips", "none")
 ARCHS = tuple(paper.ARCHITECTURES)
 INPUT_NORMS = ("zscore", "zerocenter")
 PRECISIONS = ("auto", "bf16", "fp32")
+PREDICT_PRECISIONS = PRECISIONS + ("int8",)  # int8: inference only, an explicit choice (mslesion.quantized)
 SELECTIONS = ("last", "val_auc", "val_accuracy", "val_loss")
 ABLATION_SCHEMES = ("cv", "paper")
 TASKS = ("binary", "phenotype")
@@ -565,7 +566,9 @@ class PredictConfig:
     """cpu, cuda or cuda:N."""
     precision: str = "auto"
     """auto (bf16 where this machine runs it faster, measured once and cached), bf16 or fp32 (probabilities
-    differ in the third decimal between them)."""
+    differ in the third decimal between them), or int8 (CPU only, models trained by 0.4.7 or later; integer
+    kernels, faster than bf16 where the CPU has int8 instructions; moves probabilities by up to a few hundredths,
+    see the README's measurements)."""
     threads: int = 0
     """CPU threads for torch (0 = torch's default)."""
     keep_ood: bool = False
@@ -584,7 +587,7 @@ class PredictConfig:
         _abstain(self.abstain)
         _require(self.batch_size >= 1, "--batch-size must be at least 1")
         _require(self.prl_count >= 1, f"--prl-count must be at least 1, got {self.prl_count}")
-        _choice("--precision", self.precision, PRECISIONS)
+        _choice("--precision", self.precision, PREDICT_PRECISIONS)
         _device(self.device)
         _threads(self.threads)
 

@@ -20,10 +20,15 @@ training (`fit_ood`) the model stores what its training data looked like, and `p
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import torch
 
 from mslesion.config import INFERENCE_BATCH_SIZE
+
+if TYPE_CHECKING:
+    from mslesion.quantized import ActivationRanges
 
 OOD_VERSION = 2  # 2: block-wise feature statistics (0.4.0 development builds stored penultimate features)
 FEATURE_COMPONENTS = 64
@@ -42,16 +47,20 @@ def intensity_flag(channel: str) -> str:
 
 @torch.no_grad()
 def embeddings(model: torch.nn.Module, images, batch_size: int = INFERENCE_BATCH_SIZE,
-               device: torch.device | str = "cpu") -> np.ndarray:
+               device: torch.device | str = "cpu", ranges: ActivationRanges | None = None) -> np.ndarray:
     """The features the flags measure [N, F], in fp32 (the flags must not depend on the machine's precision):
     per conv block, each feature map's mean and standard deviation over space. Low blocks see texture, noise
     and resolution; the last sees what the classifier reads (Lee et al. use several layers for the same reason:
     the penultimate layer alone barely moves under a change of noise or voxel size).
-    `images`: a tensor, an array or a PatchReader (read batch by batch)."""
+    `images`: a tensor, an array or a PatchReader (read batch by batch). `ranges`, if given, also collects the
+    extremes of the same pass's activations (int8 inference's calibration, at no extra forward pass)."""
     model.eval().to(device)
     out = []
     for s in range(0, len(images), batch_size):
-        blocks = model.block_outputs(torch.as_tensor(images[s:s + batch_size]).to(device).float())
+        x = torch.as_tensor(images[s:s + batch_size]).to(device).float()
+        blocks = model.block_outputs(x)
+        if ranges is not None:
+            ranges.add([model.normalise(x)] + blocks)
         spatial = (2, 3, 4)
         out.append(torch.cat([torch.cat([b.mean(dim=spatial), b.std(dim=spatial, correction=0)], 1) for b in blocks],
                              1).cpu())
@@ -69,11 +78,12 @@ def sample_patches(images, n: int, seed: int) -> np.ndarray:
 
 def fit_ood(model: torch.nn.Module, train_images, train_targets: np.ndarray,
             val_images, train_volumes: np.ndarray | None, channels: tuple[str, ...],
-            device: torch.device | str = "cpu", seed: int = 0) -> dict:
-    """The statistics `ood_flags` needs, as plain tensors and numbers (stored in model.pt)."""
+            device: torch.device | str = "cpu", seed: int = 0, ranges: ActivationRanges | None = None) -> dict:
+    """The statistics `ood_flags` needs, as plain tensors and numbers (stored in model.pt). `ranges` collects the
+    training patches' activation extremes on the way (see embeddings)."""
     from sklearn.covariance import LedoitWolf
 
-    features = embeddings(model, train_images, device=device)
+    features = embeddings(model, train_images, device=device, ranges=ranges)
     mean, scale = features.mean(0), features.std(0) + 1e-6  # means and spreads of maps differ in scale by 100×
     _, _, vt = np.linalg.svd((features - mean) / scale, full_matrices=False)
     components = vt[: min(FEATURE_COMPONENTS, len(features) - 1)].T / scale[:, None]  # standardise, then project

@@ -97,9 +97,34 @@ def classify(trained: TrainedModel, images, cfg: PredictConfig, bars=None,
     symmetries = trained.tta_symmetries() if cfg.tta else 1
     bar = bars.task(f"{name}: {len(images)} lesions{f' × {symmetries} symmetries' if cfg.tta else ''}",
                     total=len(images) * symmetries) if bars is not None and len(images) else None
-    return predict_probabilities(trained.model, images, cfg.batch_size, parse_device(cfg.device), tta=cfg.tta,
-                                 temperature=trained.temperature, precision=cfg.precision,
+    model, precision = trained.model, cfg.precision
+    if precision == "int8":  # the quantised net computes in integers itself: no autocast around it
+        model, precision = int8_model(trained), "fp32"
+    return predict_probabilities(model, images, cfg.batch_size, parse_device(cfg.device), tta=cfg.tta,
+                                 temperature=trained.temperature, precision=precision,
                                  progress=bar.advance if bar is not None else None, symmetries=symmetries)
+
+
+def int8_model(trained: TrainedModel):
+    """The run's net quantised for `--precision int8` (mslesion.quantized), with the input padding this machine
+    runs fastest."""
+    from mslesion.precision import int8_input_pad
+    from mslesion.quantized import Int8LesionNet
+
+    pad = int8_input_pad(trained.model.in_channels)
+    return Int8LesionNet(trained.model, trained.activation_ranges, input_pad=pad)
+
+
+def check_int8(trained: TrainedModel, cfg: PredictConfig) -> None:
+    """--precision int8 needs the CPU and a model that stored its activation ranges (trained by 0.4.7 or later)."""
+    if cfg.precision != "int8":
+        return
+    if parse_device(cfg.device).type != "cpu":
+        raise InputError("--precision int8 runs on the CPU only; on a GPU use auto or bf16")
+    if not trained.activation_ranges:
+        raise InputError("--precision int8: this model stores no activation ranges (models trained before mslesion "
+                         "0.4.7, and the built-in starter models, have none); use auto, bf16 or fp32, or train it "
+                         "again", cfg.run)
 
 
 def decisions(probabilities: np.ndarray, names: tuple[str, ...], abstain: float) -> tuple[np.ndarray, list[str]]:
@@ -429,4 +454,5 @@ def _load(cfg: PredictConfig) -> TrainedModel:
     trained = load_trained(cfg.run)
     if cfg.tta:
         trained.tta_symmetries()  # a model without a symmetry group fails before any work too
+    check_int8(trained, cfg)
     return trained

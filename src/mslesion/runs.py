@@ -243,6 +243,7 @@ class TrainedModel:
     temperature: float = 1.0
     ood: dict | None = None  # mslesion.ood statistics; None for models trained before version 0.4
     synth_version: int | None = None  # the synthetic generator version of the training data, if synthetic
+    activation_ranges: list | None = None  # int8 inference's calibration (mslesion.quantized); None before 0.4.7
 
     def tta_symmetries(self) -> int:
         """The symmetries test-time augmentation averages over: the group the model was trained to be invariant
@@ -274,7 +275,7 @@ def load_trained(run_dir: str | Path) -> TrainedModel:
                          run_dir / MODEL) from None
     model.eval()
     return TrainedModel(model, cfg, class_map, tuple(obj["channels"]), float(obj.get("temperature", 1.0)),
-                        obj.get("ood"), obj.get("synth_version"))
+                        obj.get("ood"), obj.get("synth_version"), obj.get("activation_ranges"))
 
 
 def read_json(path: Path) -> Any:

@@ -46,6 +46,7 @@ from mslesion.model import LesionNet, set_population_batchnorm
 from mslesion.ood import fit_ood
 from mslesion.precision import resolve
 from mslesion.progress import Forecast, progress_bar
+from mslesion.quantized import ActivationRanges
 from mslesion.runs import (
     CHECKPOINT,
     HISTORY,
@@ -607,16 +608,18 @@ def end_epoch(state: TrainingState, record: dict) -> None:
     write_json(state.run_dir / HISTORY, state.history)
 
 
-def out_of_distribution_stats(state: TrainingState) -> dict:
-    """What the training lesions looked like (mslesion.ood): stored in model.pt for predict's flags."""
+def out_of_distribution_stats(state: TrainingState) -> tuple[dict, list[tuple[float, float]]]:
+    """What the training lesions looked like (mslesion.ood): stored in model.pt for predict's flags; and, from
+    the same pass, the activation ranges of `predict --precision int8` (mslesion.quantized)."""
     train, task = state.split["train"], state.task
     val = images_at(state, state.split["val"]) if "val" in state.split else None
+    ranges = ActivationRanges()
     stats = fit_ood(state.model, images_at(state, train), task.targets[train], val,
                     task.volumes[train] if task.volumes is not None else None, task.channels, state.device,
-                    state.cfg.seed)
+                    state.cfg.seed, ranges=ranges)
     log.info("out-of-distribution statistics: feature threshold %.1f (from the %s lesions)",
              stats["feature_threshold"], stats["threshold_from"])
-    return stats
+    return stats, ranges.ranges()
 
 
 def finish(state: TrainingState) -> None:
@@ -632,13 +635,13 @@ def finish(state: TrainingState) -> None:
         logits = predict_logits(model, validation_images(state), device=state.device, precision=cfg.precision)
         temperature = fit_temperature(logits, val_targets)
         log.info("temperature %.3f fitted on %d validation lesions", temperature, len(val_targets))
-    ood = out_of_distribution_stats(state)
+    ood, activation_ranges = out_of_distribution_stats(state)
     meta = model_metadata(model, cfg, state.task.class_map, state.task.channels, state.task.synth_version)
     meta["training_precision"] = "bf16" if state.dtype is not None else "fp32"
     if cfg.init:
         meta["init"] = model_provenance(cfg.init)
     save_torch({**meta, "temperature": temperature,
-                "ood": ood,
+                "ood": ood, "activation_ranges": activation_ranges,
                 "selected_epoch": best["record"]["epoch"] if best else cfg.epochs,
                 "state_dict": {k: v.cpu() for k, v in model.state_dict().items()}}, state.run_dir / MODEL)
     log.info("finished; model saved to %s", state.run_dir / MODEL)

@@ -1,0 +1,176 @@
+"""int8 inference of the paper's net (`--precision int8`, an explicit choice for predict): pure computation.
+
+Why: a CPU inference pass of this net is bounded by block 1, whose 64×33³ conv output per patch is written by the
+convolution and read again by the pool. In int8 that tensor has half the bytes of bf16, and the integer kernels
+of oneDNN (AMX-INT8, AVX512-VNNI) do twice the multiply-adds per cycle of bf16.
+
+How: post-training static quantisation, the standard recipe (Jacob et al. 2018; PyTorch's eager-mode
+quantisation). Each block's batch norm is folded into its convolution (w' = w·γ/σ, b' = (b − μ)·γ/σ + β), so a
+block is conv → ReLU → 2/2 max-pool, which quantised kernels run exactly in that order: the quantised
+ReLU-convolution writes uint8 codes, the pool selects among them. Weights are int8 per output channel; the input
+and each block's output are uint8 over the range the training patches reached (`activation_ranges`, stored in
+model.pt by training). The classifier (a few thousand multiply-adds per patch) stays fp32.
+
+Unlike bf16 this changes predictions by more than rounding, so `auto` never picks it; the README reports the
+measured change in probabilities and calls.
+
+PyTorch 2.13 marks its quantised tensors deprecated (to be removed in a later release; pytorch#184982) in favour of
+torchao's compiled flows, which need a C++ toolchain at run time. mslesion pins torch exactly, so these kernels
+stay; the warning is silenced here (it would print on every int8 prediction), and tests/test_quantized.py fails
+first if an upgrade removes them.
+"""
+
+from __future__ import annotations
+
+import warnings
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+from torch.ao.nn.intrinsic.quantized import ConvReLU3d
+
+from mslesion.fast_layers import padded_weight, pooled_input_region
+from mslesion.model import LesionNet
+
+UINT8_LEVELS = 255
+INT8_WEIGHT_LEVELS = 127
+
+
+def preferred_engine() -> str:
+    """oneDNN's int8 kernels where this torch has them (on a CPU with AMX its block-1 convolution ran 1.8× faster
+    than the default x86 engine's), else the default."""
+    engines = torch.backends.quantized.supported_engines
+    return "onednn" if "onednn" in engines else torch.backends.quantized.engine
+
+
+@contextmanager
+def quantized_engine(engine: str):
+    """Run quantised kernels with `engine`, then restore the process's setting (and without the deprecation
+    warning of the module docstring)."""
+    before = torch.backends.quantized.engine
+    torch.backends.quantized.engine = engine
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r".*quantized tensor creation functions.*deprecated",
+                                    category=UserWarning)
+            yield
+    finally:
+        torch.backends.quantized.engine = before
+
+
+def uint8_params(low: float, high: float) -> tuple[float, int]:
+    """Scale and zero point of uint8 codes covering [low, high] (widened to include 0, so that zero padding and
+    ReLU's zeros are exact)."""
+    low, high = min(float(low), 0.0), max(float(high), 0.0)
+    scale = max(high - low, 1e-8) / UINT8_LEVELS
+    zero_point = int(round(-low / scale))
+    return scale, min(max(zero_point, 0), UINT8_LEVELS)
+
+
+def folded_conv(conv: nn.Conv3d, bn: nn.modules.batchnorm._BatchNorm) -> tuple[torch.Tensor, torch.Tensor]:
+    """The conv's weight and bias with the evaluation-mode batch norm after it folded in."""
+    scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)
+    weight = conv.weight * scale.view(-1, 1, 1, 1, 1)
+    bias = ((conv.bias if conv.bias is not None else 0) - bn.running_mean) * scale + bn.bias
+    return weight.detach().float(), bias.detach().float()
+
+
+def quantized_conv_relu(weight: torch.Tensor, bias: torch.Tensor, padding: int, out_range: tuple[float, float],
+                        ) -> ConvReLU3d:
+    """A quantised conv → ReLU: int8 weights per output channel (symmetric), uint8 output over out_range."""
+    out_channels, in_channels = weight.shape[:2]
+    layer = ConvReLU3d(in_channels, out_channels, kernel_size=3, padding=padding)
+    weight_scale = weight.abs().amax(dim=(1, 2, 3, 4)).clamp_min(1e-12) / INT8_WEIGHT_LEVELS
+    q_weight = torch.quantize_per_channel(weight, weight_scale.double(), torch.zeros(out_channels, dtype=torch.long),
+                                          0, torch.qint8)
+    layer.set_weight_bias(q_weight, bias)
+    layer.scale, layer.zero_point = uint8_params(*out_range)
+    return layer
+
+
+class Int8LesionNet(nn.Module):
+    """A trained LesionNet (arch 'paper' or 'compact') quantised for CPU inference: the same input (raw patches,
+    normalised inside) and output (logits); values differ from fp32 by quantisation (see the module docstring).
+
+    activation_ranges: [(low, high)] of the normalised input and of each block's output over training patches
+    (LesionNet.activation_ranges). input_pad: zero input channels appended (oneDNN's kernel choice, as
+    LesionNet.pad_input)."""
+
+    def __init__(self, model: LesionNet, activation_ranges: list[tuple[float, float]], input_pad: int = 0,
+                 engine: str | None = None) -> None:
+        super().__init__()
+        if len(activation_ranges) != len(model.features) + 1:
+            raise ValueError(f"need {len(model.features) + 1} activation ranges (input and each block), "
+                             f"got {len(activation_ranges)}")
+        self.engine = engine or preferred_engine()
+        self.input_scale = model.input_scale.detach().float()
+        self.shift = -model.mean_image.detach().float() * self.input_scale  # (x − mean)·scale = x·scale + shift
+        self.in_channels, self.input_pad, self.global_pool = model.in_channels, input_pad, model.global_pool
+        self.input_qparams = uint8_params(*activation_ranges[0])
+        self.paddings = [int(block[0].padding[0]) for block in model.features]
+        self.crop_convs = [block[0] for block in model.features]  # pooled_input_region reads kernel and padding
+        with quantized_engine(self.engine):
+            self.blocks = nn.ModuleList(
+                quantized_conv_relu(padded_weight(w, w.shape[1] + (input_pad if i == 0 else 0)), b, padding, rng)
+                for i, ((w, b), padding, rng) in enumerate(zip(
+                    (folded_conv(block[0], block[1]) for block in model.features), self.paddings,
+                    activation_ranges[1:], strict=True)))
+        self.classifier = model.classifier
+
+    @torch.no_grad()
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        scale, zero_point = self.input_qparams
+        with quantized_engine(self.engine):
+            q = torch.quantize_per_tensor(self.normalised_input(x), scale, zero_point, torch.quint8)
+            for i, (conv, layer) in enumerate(zip(self.crop_convs, self.blocks, strict=True)):
+                if i:  # (the first block's input was cropped before normalising it)
+                    q = pooled_input_region(q, conv).contiguous(memory_format=torch.channels_last_3d)
+                q = torch.nn.functional.max_pool3d(layer(q), 2, 2)
+            last = q.dequantize()
+        return self.classifier(last.mean(dim=(2, 3, 4)) if self.global_pool else torch.flatten(last, 1))
+
+    def normalised_input(self, x: torch.Tensor) -> torch.Tensor:
+        """(x − mean image) · scale in one pass, written channels-last with the zero channels after it, of only the
+        region the first block's pool reads (fast_layers.pooled_input_region)."""
+        x = pooled_input_region(x, self.crop_convs[0])
+        shift = pooled_input_region(self.shift[None], self.crop_convs[0])
+        z = torch.empty((x.shape[0], x.shape[1] + self.input_pad, *x.shape[2:]), dtype=torch.float32,
+                        memory_format=torch.channels_last_3d)
+        torch.addcmul(shift, x.float(), self.input_scale, out=z[:, :x.shape[1]])
+        if self.input_pad:
+            z[:, x.shape[1]:].zero_()
+        return z
+
+
+
+class ActivationRanges:
+    """Running (min, max) of the normalised input and of each block's output (fp32, evaluation mode): the ranges
+    Int8LesionNet's uint8 codes cover. A block's pooled output has the same extremes as its ReLU'd convolution
+    output (a max-pool only selects), so the pooled outputs suffice."""
+
+    def __init__(self) -> None:
+        self.low: torch.Tensor | None = None
+        self.high: torch.Tensor | None = None
+
+    @torch.no_grad()
+    def add(self, tensors: list[torch.Tensor]) -> None:
+        lows = torch.stack([t.amin().float().cpu() for t in tensors])
+        highs = torch.stack([t.amax().float().cpu() for t in tensors])
+        self.low = lows if self.low is None else torch.minimum(self.low, lows)
+        self.high = highs if self.high is None else torch.maximum(self.high, highs)
+
+    def ranges(self) -> list[tuple[float, float]]:
+        if self.low is None or self.high is None:
+            raise ValueError("activation ranges need at least one batch of patches")
+        return [(float(a), float(b)) for a, b in zip(self.low, self.high, strict=True)]
+
+
+@torch.no_grad()
+def activation_ranges(model: LesionNet, batches) -> list[tuple[float, float]]:
+    """ActivationRanges over batches of raw patches."""
+    model.eval()
+    tracker = ActivationRanges()
+    for batch in batches:
+        x = batch.float()
+        tracker.add([model.normalise(x)] + model.block_outputs(x))
+    return tracker.ranges()

@@ -1,0 +1,149 @@
+"""int8 inference (`predict --precision int8`): the quantised net against the fp32 one, its calibration, and the
+errors of models and devices it cannot serve."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import toy_patches
+from test_extract import run_cli, write_subject
+from test_predict import make_run, read_rows
+
+from mslesion import precision
+from mslesion.config import TrainConfig
+from mslesion.data.patches import write_patches
+from mslesion.inference import predict_probabilities
+from mslesion.model import LesionNet
+from mslesion.quantized import ActivationRanges, Int8LesionNet, activation_ranges, uint8_params
+from mslesion.runs import load_trained
+from mslesion.train import train
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> tuple[Path, Path]:
+    """A run trained 3 epochs on the toy set (QSM carries the class), and its patch file."""
+    folder = tmp_path_factory.mktemp("int8")
+    data = folder / "toy.h5"
+    write_patches(data, toy_patches(n_per_code={2: 40, 3: 30, 5: 30, 6: 10}, size=23))
+    cfg = TrainConfig(data=str(data), out=str(folder / "run"), channels=("flair", "qsm"), augment="random",
+                      epochs=3, batch_size=32, seed=0, threads=2)
+    return train(cfg, show_progress=False), data
+
+
+def test_training_stores_the_activation_ranges_of_its_patches(trained):
+    run, _ = trained
+    model = load_trained(run)
+    ranges = model.activation_ranges
+    assert len(ranges) == len(model.model.features) + 1  # the normalised input, then every block
+    low, high = ranges[0]
+    assert low < 0 < high  # a centred input has both signs
+    assert all(low == 0 <= high for low, high in ranges[1:])  # after ReLU: zero or more, and some positive
+    assert any(high > 0 for _, high in ranges[1:])
+
+
+def test_ranges_cover_what_the_net_computes_on_those_patches():
+    torch.manual_seed(0)
+    model = LesionNet(2, 2, 23).eval()
+    x = torch.randn(12, 2, 23, 23, 23)
+    ranges = activation_ranges(model, [x[:5], x[5:]])
+    with torch.no_grad():
+        tensors = [model.normalise(x)] + model.block_outputs(x)
+    assert ranges == [(float(t.min()), float(t.max())) for t in tensors]
+    with pytest.raises(ValueError, match="at least one batch"):
+        ActivationRanges().ranges()
+
+
+@pytest.mark.filterwarnings("ignore:.*quantized tensor creation functions")
+@pytest.mark.parametrize(("low", "high"), [(-3.0, 5.0), (0.0, 2.5), (1.0, 4.0), (-2.0, -1.0), (0.0, 0.0)])
+def test_uint8_codes_cover_the_range_and_hold_zero_exactly(low, high):
+    scale, zero_point = uint8_params(low, high)
+    assert 0 <= zero_point <= 255 and scale > 0
+    codes = torch.quantize_per_tensor(torch.tensor([min(low, 0.0), 0.0, max(high, 0.0)]), scale, zero_point,
+                                      torch.quint8)
+    values = codes.dequantize()
+    assert values[1] == 0  # zero padding and ReLU's zeros stay exact
+    assert torch.allclose(values, torch.tensor([min(low, 0.0), 0.0, max(high, 0.0)]), atol=scale / 2 + 1e-7)
+
+
+def test_int8_follows_the_fp32_net_of_a_trained_model(trained):
+    run, data = trained
+    model = load_trained(run)
+    from mslesion.data.patches import read_patches
+
+    images = torch.from_numpy(read_patches(data, ("flair", "qsm")).images)
+    fp32, _ = predict_probabilities(model.model, images, precision="fp32")
+    int8, _ = predict_probabilities(Int8LesionNet(model.model, model.activation_ranges), images, precision="fp32")
+    # quantisation error, not rounding: measured here 0.01-0.02 at most; a wrong scale or a missed batch-norm
+    # fold moves probabilities by tenths
+    assert np.abs(int8 - fp32).max() < 0.06
+    assert (int8.argmax(1) == fp32.argmax(1)).mean() >= 0.97
+
+
+def test_zero_input_channels_change_nothing_in_integers(trained):
+    run, data = trained
+    model = load_trained(run)
+    from mslesion.data.patches import read_patches
+
+    images = torch.from_numpy(read_patches(data, ("flair", "qsm")).images[:16])
+    plain = Int8LesionNet(model.model, model.activation_ranges)(images)
+    padded = Int8LesionNet(model.model, model.activation_ranges, input_pad=2)(images)
+    assert torch.equal(plain, padded)  # zero codes times zero weights: exact integer sums
+
+
+def test_wrong_number_of_ranges_is_refused():
+    with pytest.raises(ValueError, match="need 4 activation ranges"):
+        Int8LesionNet(LesionNet(2, 2, 23), [(0.0, 1.0)] * 3)
+
+
+def test_predict_in_int8_gives_the_calls_of_fp32_on_a_trained_model(trained, tmp_path, monkeypatch, capsys):
+    run, data = trained
+    rows = {}
+    for name in ("fp32", "int8"):
+        code, text = run_cli(["predict", run, data, "--out", tmp_path / name, "--precision", name, "--quiet"],
+                             monkeypatch, capsys)
+        assert code == 0, text
+        rows[name] = read_rows(tmp_path / name / "lesion_predictions.csv")
+    calls = {name: [r["call"] for r in table] for name, table in rows.items()}
+    agree = np.mean([a == b for a, b in zip(calls["fp32"], calls["int8"], strict=True)])
+    assert agree >= 0.97
+    record = json.loads((tmp_path / "int8" / "predict_config.json").read_text())
+    assert record["precision_used"] == "int8" and record["config"]["precision"] == "int8"
+
+
+def test_int8_refuses_a_model_without_ranges_and_a_gpu(tmp_path, monkeypatch, capsys):
+    old = make_run(tmp_path / "old", channels=("flair", "mask"))  # a model.pt as before 0.4.7: no ranges
+    s = write_subject(tmp_path / "s", "sub-1")
+    for extra, words in (([], "stores no activation ranges"), (["--device", "cuda"], "")):
+        out = tmp_path / "out"
+        code, text = run_cli(["predict", old, "--mask", s.mask, "--flair", s.flair, "--out", out, "--quiet",
+                              "--precision", "int8", *extra], monkeypatch, capsys)
+        lines = [line for line in text.splitlines() if line.strip()]
+        assert code == 2 and len(lines) == 1 and words in lines[0], text
+        assert not out.exists()
+
+
+def test_training_refuses_int8(tmp_path, monkeypatch, capsys):
+    code, text = run_cli(["train", tmp_path / "x.h5", "--out", tmp_path / "r", "--precision", "int8"],
+                         monkeypatch, capsys)
+    assert code == 2 and "--precision" in text and "int8" in text
+
+
+def test_int8_input_padding_is_measured_once_and_cached(monkeypatch):
+    calls = []
+
+    def fake_measure(channels: int) -> dict:
+        calls.append(channels)
+        return {"pad": 1, "seconds": {}}
+
+    monkeypatch.setattr(precision, "measure_int8_input_pad", fake_measure)
+    assert precision.int8_input_pad(7) == precision.int8_input_pad(7) == 1
+    assert calls == [7]
+
+
+def test_a_real_int8_padding_measurement_times_every_candidate():
+    result = precision.measure_int8_input_pad(3, repeats=1, batch=2)
+    assert set(result["seconds"]) == {"0", "1"} and result["pad"] in (0, 1)
