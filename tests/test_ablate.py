@@ -45,8 +45,10 @@ def test_bad_settings_are_input_errors(bad: dict) -> None:
         AblationConfig(data="x.h5", **{"channel_sets": ("qsm", "flair"), **bad})
 
 
-def test_results_markdown_shows_cis_and_the_papers_numbers() -> None:
-    names = ["remyelinating", "demyelinating"]
+@pytest.mark.parametrize(("names", "paper_column"), [(["remyelinating", "demyelinating"], True),
+                                                     (["small", "large"], False),  # another binary task
+                                                     (["unclassified", "isointense", "PRL"], False)])
+def test_results_markdown_shows_cis_and_the_papers_numbers_only_beside_the_papers_task(names, paper_column) -> None:
     row = {"channels": "qsm", "n": 40, "majority_baseline": 0.6, "class_names": names}
     for key in ("accuracy", "balanced_accuracy", "roc_auc", "pr_auc", "partial_roc_auc", *(f"tpr_{n}" for n in names)):
         row.update({key: 0.8, f"{key}_low": 0.7, f"{key}_high": 0.9})
@@ -55,7 +57,8 @@ def test_results_markdown_shows_cis_and_the_papers_numbers() -> None:
                                                              "difference": 0.2, "low": 0.1, "high": 0.3,
                                                              "p_value": 0.01}]})
     assert "| qsm | 80.0 [70.0, 90.0] |" in text
-    assert "89.31" in text  # the paper's Table 3 accuracy for QSM alone
+    assert ("89.31" in text) == ("paper acc." in text) == paper_column  # Table 3's accuracy for QSM alone
+    assert ("rarer class" in text) == (len(names) == 2)
     assert "+0.200 [+0.100, +0.300] | 0.01" in text
 
 

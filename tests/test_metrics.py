@@ -121,3 +121,29 @@ def test_paired_comparison_refuses_different_lesions() -> None:
     b = Predictions(np.array([1, 0]), binary(np.array([0.2, 0.8])), np.array(["a", "b"]))
     with pytest.raises(ValueError, match="same lesions"):
         paired_comparison([a], [b])
+
+
+def test_macro_auc_averages_over_the_classes_present() -> None:
+    rng = np.random.default_rng(0)
+    targets = rng.integers(0, 3, 60)  # four classes, the last absent (a rare class's test fold)
+    probabilities = rng.dirichlet(np.ones(4), size=60)
+    expected = np.mean([roc_auc_score(targets == c, probabilities[:, c]) for c in range(3)])
+    assert classification_metrics(targets, probabilities, ("a", "b", "c", "d"))["roc_auc"] == pytest.approx(expected)
+    full = np.r_[targets, [3, 3]]
+    both = np.r_[probabilities, rng.dirichlet(np.ones(4), size=2)]
+    assert classification_metrics(full, both, ("a", "b", "c", "d"))["roc_auc"] == pytest.approx(
+        roc_auc_score(full, both, multi_class="ovr"))  # every class present: sklearn's macro AUC
+
+
+def test_bootstrap_intervals_of_a_rare_class_skip_the_resamples_without_it() -> None:
+    # class 2 lives in one patient of 12: most resamples hold it, some do not (its TPR undefined there)
+    rng = np.random.default_rng(1)
+    patients = np.repeat([f"p{i}" for i in range(12)], 5)
+    targets = np.tile([0, 1, 0, 1, 0], 12)
+    targets[:2] = 2
+    probabilities = rng.dirichlet(np.ones(3), size=60)
+    ci = patient_bootstrap([Predictions(targets, probabilities, patients)], n_resamples=200)
+    assert not np.isnan(ci["low"]).any() and not np.isnan(ci["high"]).any()
+    assert (ci["low"] <= ci["high"]).all()
+    tpr_rare = len(SUMMARY_METRICS) + 2
+    assert 0 <= ci["low"][tpr_rare] <= ci["high"][tpr_rare] <= 1

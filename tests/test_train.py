@@ -308,3 +308,21 @@ def test_train_log_is_written_when_the_host_program_configured_logging(tmp_path,
     monkeypatch.setattr(train_module.log, "disabled", True)
     train(toy_config(tmp_path, "hosted", epochs=1), show_progress=False)
     assert "epoch 1" in (tmp_path / "hosted" / "train.log").read_text()
+
+
+def test_evaluate_on_other_data_reports_a_missing_class_instead_of_refusing(tmp_path: Path):
+    cfg = toy_config(tmp_path, "run", epochs=1, classes="iso=2;prl=3;bright=5,6")
+    run = train(cfg, show_progress=False)
+    other = tmp_path / "no_bright.h5"  # an external test set without class 'bright' (codes 5 and 6)
+    write_patches(other, toy_patches(n_per_code={2: 8, 3: 8}, size=23, seed=3))
+    metrics = evaluate(EvaluateConfig(run=str(run), data=str(other)))
+    assert metrics["n"] == 16 and metrics["n_per_class"] == {"iso": 8, "prl": 8, "bright": 0}
+    assert np.isnan(metrics["true_positive_rate"]["bright"])
+    assert 0 <= metrics["roc_auc"] <= 1  # the macro AUC of the classes present
+    nothing = tmp_path / "unlabelled.h5"
+    write_patches(nothing, toy_patches(n_per_code={0: 4}, size=23))
+    with pytest.raises(InputError, match="no lesion has a label"):
+        evaluate(EvaluateConfig(run=str(run), data=str(nothing)))
+    with pytest.raises(InputError, match="has no samples"):  # training still needs every class
+        train(toy_config(tmp_path, "run2", epochs=1, data=str(other), classes="iso=2;prl=3;bright=5,6"),
+              show_progress=False)

@@ -32,7 +32,7 @@ from mslesion.metrics import (
     phenotype_metrics,
     summary_vector,
 )
-from mslesion.paper import PAPER_TABLE3
+from mslesion.paper import table3_accuracy
 from mslesion.runs import (
     ABLATION_LOCK,
     ABLATION_PNG,
@@ -302,21 +302,25 @@ def ablation_markdown(results: dict) -> str:
     cfg, rows = results["config"], results["rows"]
     names = rows[0]["class_names"]
     scheme = (f"{cfg['cv_folds']}-fold patient-grouped CV" if cfg["scheme"] == "cv" else "the paper's 70/30 split")
+    paper_task = any(table3_accuracy(row["channels"], names) is not None for row in rows)
     header = ["channels", "accuracy %", "balanced acc. %", "ROC AUC", "PR AUC", "pAUC (FPR<0.1)",
-              *(f"TPR {n} %" for n in names), "majority %", "paper acc. %"]
+              *(f"TPR {n} %" for n in names), "majority %", *(["paper acc. %"] if paper_task else [])]
     lines = [f"Results of {scheme}, {cfg['seeds']} seed(s), {rows[0]['n']} lesions; estimate [95% CI], "
              f"CIs from {cfg['n_bootstrap']} bootstrap resamples of patients.", "",
              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
-        paper = PAPER_TABLE3.get(row["channels"])
+        paper = table3_accuracy(row["channels"], names)
         cells = [row["channels"], _ci(row, "accuracy", True), _ci(row, "balanced_accuracy", True),
                  _ci(row, "roc_auc", False), _ci(row, "pr_auc", False), _ci(row, "partial_roc_auc", False),
                  *(_ci(row, f"tpr_{n}", True) for n in names), f"{100 * row['majority_baseline']:.1f}",
-                 f"{paper:.2f}" if paper is not None else "–"]
+                 *([f"{paper:.2f}" if paper is not None else "–"] if paper_task else [])]
         lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", "PR AUC and pAUC take the rarer class as positive; pAUC is sklearn's McClish-standardised "
-              "partial AUC (0.5 = chance, 1 = perfect). The paper's accuracy is from one lesion-level split of "
-              "its private cohort (Table 3), ours from the data above: compare patterns, not numbers.", ""]
+    positive = ("take the rarer class as positive" if len(names) == 2 else
+                "are one-vs-rest macro averages over the classes present (as is the ROC AUC)")
+    lines += ["", f"PR AUC and pAUC {positive}; pAUC is sklearn's McClish-standardised partial AUC (0.5 = chance, "
+              "1 = perfect)."
+              + (" The paper's accuracy is from one lesion-level split of its private cohort (Table 3), ours from "
+                 "the data above: compare patterns, not numbers." if paper_task else ""), ""]
     if any("phenotype" in row for row in rows):
         lines += phenotype_markdown(rows)
     if results["comparisons"]:

@@ -163,7 +163,7 @@ class TrainConfig:
     class_weights: str = "auto"
     """Loss weight per class from its training count n_k: none; sqrt (∝ 1/√n_k); balanced (∝ 1/n_k); auto = none
     for binary (the paper oversamples instead), sqrt otherwise (class 4 is 0.4% of lesions: 1/n_k would weigh
-    one of its lesions as much as ~180 unclassified ones and train on noise)."""
+    one of its lesions as much as ~190 unclassified ones and train on noise)."""
     folds_from: str = ""
     """With --cv: the class map whose lesions define the patient-grouped folds (default: this run's). The binary
     twin of a phenotype ablation uses the phenotype map, so that both models test the same patients per fold."""
@@ -553,9 +553,11 @@ class PredictConfig:
     run: str = ""
     """Run folder written by `mslesion train` (its model.pt, channels, classes and temperature are used)."""
     out: str = "predictions"
-    """Output folder (created; files of the same name in it are replaced)."""
+    """Output folder: a BIDS derivative dataset (created; later runs with the same model and settings add subjects;
+    a subject already there, or other settings, is refused unless --overwrite)."""
     tta: bool = False
-    """Average over the 48 cube symmetries and report their spread (48× the compute)."""
+    """Average over the model's symmetry group and report the spread: the 48 cube symmetries (48× the compute), the
+    8 axis flips for a model trained with --augment flips; refused for --augment none."""
     abstain: float = 0.0
     """Report a lesion as 'uncertain' when its highest class probability is below this (0 = never)."""
     batch_size: int = 32

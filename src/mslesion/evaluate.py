@@ -50,7 +50,8 @@ def evaluate(cfg: EvaluateConfig, task: Task | None = None) -> dict:
     data = cfg.data or trained.config.data
     same_data = not cfg.data or Path(cfg.data).resolve() == Path(trained.config.data).resolve()
     if not (task is not None and same_data and is_task_of(task, trained)):
-        task = load_task(data, trained.channels, trained.class_map, cfg.in_memory)
+        # the run's own file was checked by training; other data may lack a class (reported as absent)
+        task = load_task(data, trained.channels, trained.class_map, cfg.in_memory, every_class=same_data)
     if task.images.shape[2:] != (trained.model.patch_size,) * 3:
         raise InputError(f"patches are {task.images.shape[2:]}, the model expects {trained.model.patch_size}³", data)
     indices = test_indices(run_dir, task, same_data)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy import stats
-from sklearn.metrics import average_precision_score, balanced_accuracy_score, confusion_matrix, roc_auc_score
+from sklearn.metrics import average_precision_score, confusion_matrix, roc_auc_score
 
 PARTIAL_AUC_MAX_FPR = 0.1
 # The metrics summarised with confidence intervals in an ablation (all in [0, 1]).
@@ -34,7 +34,9 @@ def classification_metrics(targets: np.ndarray, probabilities: np.ndarray, class
         "n": int(len(targets)),
         "n_per_class": {name: int(counts[i]) for i, name in enumerate(class_names)},
         "accuracy": float((predicted == targets).mean()),
-        "balanced_accuracy": float(balanced_accuracy_score(targets, predicted)),
+        # mean recall over the classes present: sklearn's balanced accuracy, without its warning for a class the
+        # test set lacks
+        "balanced_accuracy": float(np.nanmean(list(tpr.values()))) if len(targets) else float("nan"),
         "true_positive_rate": tpr,
         "roc_auc": roc_auc(targets, probabilities),
         "pr_auc": pr_auc(targets, probabilities),
@@ -46,13 +48,14 @@ def classification_metrics(targets: np.ndarray, probabilities: np.ndarray, class
 
 
 def roc_auc(targets: np.ndarray, probabilities: np.ndarray) -> float:
-    """Binary: AUC of the second class's probability; more classes: one-vs-rest macro average."""
+    """Binary: AUC of the second class's probability; more classes: the one-vs-rest macro average over the classes
+    present in `targets` (a class absent from a test set or a bootstrap resample has no AUC; averaging over the
+    others keeps the macro AUC defined, where sklearn's would be NaN)."""
     if len(np.unique(targets)) < 2:
         return float("nan")
     if probabilities.shape[1] == 2:
         return float(roc_auc_score(targets, probabilities[:, 1]))
-    return float(roc_auc_score(targets, probabilities, multi_class="ovr",
-                               labels=list(range(probabilities.shape[1]))))
+    return float(np.mean([roc_auc_score(targets == c, probabilities[:, c]) for c in np.unique(targets)]))
 
 
 def rare_class(targets: np.ndarray, n_classes: int) -> int:
@@ -187,11 +190,23 @@ def patient_bootstrap(sets: Sequence[Predictions], n_resamples: int = 1000, conf
     def statistic(patient_sample: np.ndarray) -> np.ndarray:
         return summary_vector(sets, sampler, patient_sample)
 
-    result = stats.bootstrap((np.arange(len(sampler.patients)),), statistic, n_resamples=n_resamples,
-                             confidence_level=confidence, method="percentile", vectorized=False,
-                             rng=np.random.default_rng(seed))
-    return {"estimate": summary_vector(sets), "low": np.asarray(result.confidence_interval.low),
-            "high": np.asarray(result.confidence_interval.high)}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a NaN component: handled below
+        result = stats.bootstrap((np.arange(len(sampler.patients)),), statistic, n_resamples=n_resamples,
+                                 confidence_level=confidence, method="percentile", vectorized=False,
+                                 rng=np.random.default_rng(seed))
+    low, high = np.array(result.confidence_interval.low), np.array(result.confidence_interval.high)
+    # scipy's percentiles are NaN for a component undefined in some resample (a rare class's TPR when no patient
+    # with that class was drawn); those components take the percentiles of the resamples where they are defined
+    undefined = np.isnan(low) | np.isnan(high)
+    if undefined.any():
+        tail = 100 * (1 - confidence) / 2
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # a component NaN in every resample stays NaN
+            samples = np.asarray(result.bootstrap_distribution)[undefined]
+            low[undefined] = np.nanpercentile(samples, tail, axis=-1)
+            high[undefined] = np.nanpercentile(samples, 100 - tail, axis=-1)
+    return {"estimate": summary_vector(sets), "low": low, "high": high}
 
 
 def paired_comparison(sets_a: Sequence[Predictions], sets_b: Sequence[Predictions], metric: str = "roc_auc",

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from mslesion.atomic import atomic_path
-from mslesion.paper import PAPER_TABLE3
+from mslesion.paper import PAPER_CLASS_NAMES, table3_accuracy
 
 
 def _pyplot():
@@ -48,7 +48,7 @@ def ablation_figure(rows: list[dict]):
         errors = np.abs(np.array([[r[f"{key}_low"], r[f"{key}_high"]] for r in rows]).T - values)
         axis.bar(x + (i - len(METRICS_PLOTTED) / 2 + 0.5) * width, values, width, yerr=errors, capsize=2,
                  label=label)
-    paper = [PAPER_TABLE3.get(r["channels"]) for r in rows]
+    paper = [table3_accuracy(r["channels"], r.get("class_names", PAPER_CLASS_NAMES)) for r in rows]
     shown = [(xi, p / 100) for xi, p in zip(x, paper, strict=True) if p is not None]
     if shown:
         axis.scatter(*zip(*shown, strict=True), marker="_", s=600, color="black", zorder=3,

@@ -10,7 +10,7 @@ import typer
 
 from mslesion.cli.app import app, console, joined, option, parse_ints
 from mslesion.config import AblationConfig, ReportConfig, TrainConfig
-from mslesion.paper import PAPER_TABLE3
+from mslesion.paper import PAPER_CLASS_NAMES, table3_accuracy
 
 ABLATION, REPORT = AblationConfig(), ReportConfig()
 TEMPLATE = ABLATION.train  # the training settings every run of an ablation shares
@@ -119,10 +119,12 @@ def results_table(results: dict):
         return f"{row[key]:.3f} [{row[key + '_low']:.3f}, {row[key + '_high']:.3f}]"
 
     table = Table(title="channel ablation: estimate [95% CI over patients]")
-    for column in ("channels", "accuracy", "balanced acc.", "ROC AUC", "PR AUC", "paper acc."):
+    papers = [table3_accuracy(row["channels"], row.get("class_names", PAPER_CLASS_NAMES)) for row in results["rows"]]
+    columns = ("channels", "accuracy", "balanced acc.", "ROC AUC", "PR AUC")
+    for column in columns + (("paper acc.",) if any(p is not None for p in papers) else ()):
         table.add_column(column, justify="left" if column == "channels" else "right")
-    for row in results["rows"]:
-        paper = PAPER_TABLE3.get(row["channels"])
-        table.add_row(row["channels"], ci(row, "accuracy"), ci(row, "balanced_accuracy"), ci(row, "roc_auc"),
-                      ci(row, "pr_auc"), f"{paper / 100:.3f}" if paper else "–")
+    for row, paper in zip(results["rows"], papers, strict=True):
+        cells = [row["channels"], ci(row, "accuracy"), ci(row, "balanced_accuracy"), ci(row, "roc_auc"),
+                 ci(row, "pr_auc")]
+        table.add_row(*cells, *([f"{paper / 100:.3f}" if paper else "–"] if any(papers) else []))
     return table

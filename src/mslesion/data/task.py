@@ -158,11 +158,13 @@ class Task:
 
 
 def load_task(path: str | Path, channels: tuple[str, ...], class_map: ClassMap | str,
-              in_memory: str = "yes") -> Task:
+              in_memory: str = "yes", every_class: bool = True) -> Task:
     """Read a patch file for training/evaluation: map labels to classes and check every class has samples.
 
     `class_map` may be given as its spec ('name=code,code;name=code'), as configs store it. `in_memory` as in
-    `read_patches`: yes, no (images stay in the file) or auto (in memory when they fit)."""
+    `read_patches`: yes, no (images stay in the file) or auto (in memory when they fit). `every_class=False`
+    (evaluating a trained model on other data) only needs some labelled lesion: a class the file lacks, such as the
+    rare hypointense-rim lesions, is reported as absent."""
     if isinstance(class_map, str):
         class_map = ClassMap.parse(class_map)
     known = {int(c) for g in class_map.codes for c in g} | {0, *TABLE1_NAMES}
@@ -176,8 +178,10 @@ def load_task(path: str | Path, channels: tuple[str, ...], class_map: ClassMap |
     if unknown:
         raise InputError(f"labels {unknown} are neither Table 1 codes nor in the class map '{class_map.spec()}'", path)
     targets = class_map.targets(patches.labels)
+    if not len(targets):
+        raise InputError(f"no lesion has a label of the class map '{class_map.spec()}'", path)
     for index, name in enumerate(class_map.names):
-        if not np.any(targets == index):
+        if every_class and not np.any(targets == index):
             raise InputError(f"class '{name}' (codes {list(class_map.codes[index])}) has no samples", path)
     return Task(
         volumes=lesion_volumes(patches, path, in_task),
