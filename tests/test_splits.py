@@ -55,3 +55,44 @@ def test_patient_folds_partition_patients():
         fold_patients = set(patients[fold])
         assert not fold_patients & seen
         seen |= fold_patients
+
+
+def six_class_cohort(n_patients: int = 40, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Patients with Table 1's class mix and varied lesion counts (whose class-count spreads rarely tie)."""
+    rng = np.random.default_rng(seed)
+    shares = np.array(list(TABLE1_COUNTS.values()), dtype=float)
+    patients, targets = [], []
+    for p in range(n_patients):
+        n = int(rng.integers(10, 80))
+        targets.append(rng.choice(6, size=n, p=shares / shares.sum()))
+        patients += [f"p{p:02d}"] * n
+    return np.concatenate(targets), np.asarray(patients)
+
+
+def test_six_class_folds_change_with_the_seed_and_stay_patient_grouped_and_stratified():
+    targets, patients = six_class_cohort()
+    fold_sets = []
+    for seed in range(5):
+        folds = patient_folds(targets, patients, 5, seed)
+        assert sorted(np.concatenate(folds).tolist()) == list(range(len(targets)))
+        assert all(len(f) for f in folds)
+        owners = [set(patients[f]) for f in folds]
+        assert sum(len(o) for o in owners) == len(set(patients))  # no patient in two folds
+        for c in (0, 2, 4):  # the common classes: each fold holds about a fifth of them
+            shares = np.array([(targets[f] == c).sum() for f in folds]) / (targets == c).sum()
+            assert np.abs(shares - 0.2).max() < 0.1
+        assert patient_folds(targets, patients, 5, seed)[0].tolist() == folds[0].tolist()  # seeded
+        fold_sets.append(frozenset(frozenset(owner) for owner in owners))
+    assert len(set(fold_sets)) == 5
+
+
+def test_binary_folds_are_sklearns_stratified_group_folds():
+    # two classes keep sklearn's algorithm (its shuffle varies binary folds), so earlier binary results reproduce
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    rng = np.random.default_rng(2)
+    patients = np.asarray([f"p{i}" for i in rng.integers(0, 30, 400)])
+    targets = rng.integers(0, 2, 400)
+    expected = [test for _, test in StratifiedGroupKFold(5, shuffle=True, random_state=4).split(
+        np.zeros(400), targets, groups=patients)]
+    assert [f.tolist() for f in patient_folds(targets, patients, 5, 4)] == [f.tolist() for f in expected]
