@@ -466,15 +466,15 @@ class SynthConfig:
 
     def __post_init__(self) -> None:
         checks = (
-            (isinstance(self.patients, int) and self.patients >= 1, f"patients >= 1, got {self.patients}"),
+            (isinstance(self.patients, int) and self.patients >= 1, f"--patients must be >= 1, got {self.patients}"),
             (math.isfinite(self.lesions_scale) and self.lesions_scale > 0,
-             f"lesions_scale must be > 0, got {self.lesions_scale}"),
+             f"--lesions-scale must be > 0, got {self.lesions_scale}"),
             (isinstance(self.patch_size, int) and 9 <= self.patch_size <= 128,
              f"patch_size must be 9..128 voxels, got {self.patch_size}"),
             (isinstance(self.fov_size, int) and self.patch_size <= self.fov_size <= 256,
              f"fov_size must be patch_size..256 voxels, got {self.fov_size}"),
             (0.1 <= self.voxel_size_mm <= 5.0, f"voxel_size_mm must be 0.1..5, got {self.voxel_size_mm}"),
-            (isinstance(self.seed, int) and self.seed >= 0, f"seed must be an integer >= 0, got {self.seed}"),
+            (isinstance(self.seed, int) and self.seed >= 0, f"--seed must be an integer >= 0, got {self.seed}"),
             *((math.isfinite(getattr(self, name)) and getattr(self, name) >= 0,
                f"{name} must be >= 0, got {getattr(self, name)}")
               for name in ("qsm_noise", "lesion_contrast", "neighbours_per_patch", "veins_per_patch")),

@@ -218,7 +218,7 @@ def subject_images(
 def subject_shape(voxel_size_mm: float) -> tuple[int, int, int]:
     """The grid of a subject whose field of view is DEFAULT_SHAPE_MM, at this voxel size (>= 32 voxels a side)."""
     if not 0.1 <= voxel_size_mm <= 5.0:
-        raise InputError(f"voxel size must be 0.1..5 mm, got {voxel_size_mm}")
+        raise InputError(f"--voxel-size must be 0.1..5 mm, got {voxel_size_mm}")
     return tuple(max(32, round(size / voxel_size_mm)) for size in DEFAULT_SHAPE_MM)  # type: ignore[return-value]
 
 
@@ -238,7 +238,7 @@ def generate_subject_volumes(
     (gain, noise, QSM reconstruction) are those of the same patient index in the patch generator.
     """
     if n_subjects < 1:
-        raise InputError(f"n_subjects must be >= 1, got {n_subjects}")
+        raise InputError(f"--volumes must be >= 1 (leave it out for patches), got {n_subjects}")
     fitting = subject_shape(voxel_size_mm)  # also checks the voxel size
     shape = fitting if shape is None else shape
     if len(shape) != 3 or min(shape) < 32:
