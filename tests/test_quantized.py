@@ -147,3 +147,33 @@ def test_int8_input_padding_is_measured_once_and_cached(monkeypatch):
 def test_a_real_int8_padding_measurement_times_every_candidate():
     result = precision.measure_int8_input_pad(3, repeats=1, batch=2)
     assert set(result["seconds"]) == {"0", "1"} and result["pad"] in (0, 1)
+
+
+def test_tta_encodes_each_lesion_once_with_the_same_result(trained):
+    # training averages the mean image over its symmetry group, so normalising commutes with the group: encoded
+    # codes permuted per symmetry give what permuting the raw patches and encoding them gives
+    from mslesion.data.patches import read_patches
+    from mslesion.transforms import N_SYMMETRIES, gather_augmented
+
+    run, data = trained
+    model = load_trained(run)
+    quantized = Int8LesionNet(model.model, model.activation_ranges)
+    images = torch.from_numpy(read_patches(data, ("flair", "qsm")).images[:6])
+    ks = torch.arange(N_SYMMETRIES).repeat_interleave(6)
+    idx = torch.arange(6).repeat(N_SYMMETRIES)
+    assert quantized.commutes_with(ks)
+    encoded, _ = predict_probabilities(quantized, images, tta=True, precision="fp32")
+    with torch.no_grad():
+        logits = torch.cat([quantized(gather_augmented(images, idx[s:s + 64], ks[s:s + 64]))
+                            for s in range(0, len(idx), 64)])
+    plain = torch.softmax(logits, 1).view(N_SYMMETRIES, 6, -1).mean(0).numpy()
+    assert np.abs(encoded - plain).max() < 1e-3
+
+
+def test_a_mean_image_without_the_symmetry_is_not_encoded_once():
+    torch.manual_seed(0)
+    model = LesionNet(1, 2, 23).eval()
+    model.mean_image.copy_(torch.arange(23.0).view(1, 23, 1, 1).expand(1, 23, 23, 23))  # a ramp along one axis
+    quantized = Int8LesionNet(model, [(-30.0, 30.0), (0.0, 5.0), (0.0, 5.0), (0.0, 5.0)])
+    assert quantized.commutes_with(torch.tensor([0]))
+    assert not quantized.commutes_with(torch.arange(48))

@@ -12,6 +12,7 @@ from mslesion.config import INFERENCE_BATCH_SIZE
 from mslesion.data.patches import PatchReader
 from mslesion.model import LesionNet
 from mslesion.precision import inference_input_pad, resolve
+from mslesion.quantized import Int8LesionNet
 from mslesion.runtime import autocast_dtype, keep_freed_memory
 from mslesion.transforms import N_SYMMETRIES, gather_augmented
 
@@ -52,13 +53,17 @@ def _logits_of_pairs(model, images, idx, ks, batch_size, device, precision,
     if device.type == "cpu":
         keep_freed_memory()
     dtype = autocast_dtype(device, resolve(device, precision, "inference"))
+    forward = model
+    if isinstance(model, Int8LesionNet) and isinstance(images, torch.Tensor) and model.commutes_with(ks):
+        # each lesion normalised and quantised once, its uint8 codes permuted per symmetry (Int8LesionNet.encode)
+        images, forward = model.encode(images), model.forward_codes
     out = []
     with _padded_input(model, device, dtype):
         for start in range(0, len(idx), batch_size):
             i, k = idx[start:start + batch_size], ks[start:start + batch_size]
             batch = _batch(images, i, k)
             with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-                out.append(model(batch.to(device, non_blocking=True)).float().cpu())
+                out.append(forward(batch.to(device, non_blocking=True)).float().cpu())
             if progress is not None:
                 progress(len(i))
     n_classes = getattr(model, "n_classes", 2)

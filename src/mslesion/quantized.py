@@ -31,6 +31,7 @@ from torch.ao.nn.intrinsic.quantized import ConvReLU3d
 
 from mslesion.fast_layers import padded_weight, pooled_input_region
 from mslesion.model import LesionNet
+from mslesion.transforms import apply_symmetry
 
 UINT8_LEVELS = 255
 INT8_WEIGHT_LEVELS = 127
@@ -119,28 +120,48 @@ class Int8LesionNet(nn.Module):
 
     @torch.no_grad()
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_codes(self.encode(x))
+
+    @torch.no_grad()
+    def encode(self, x: torch.Tensor, chunk: int = 256) -> torch.Tensor:
+        """The uint8 codes of the normalised patches, (x − mean image)·scale, [N, C, D, H, W] at full size.
+
+        Test-time augmentation can encode each lesion once and permute its codes (see commutes_with): a fifth
+        of the bytes of an fp32 gather, and one normalisation per lesion instead of one per symmetry."""
         scale, zero_point = self.input_qparams
+        codes = torch.empty(x.shape, dtype=torch.uint8)
         with quantized_engine(self.engine):
-            q = torch.quantize_per_tensor(self.normalised_input(x), scale, zero_point, torch.quint8)
+            for start in range(0, len(x), chunk):
+                z = torch.addcmul(self.shift, x[start:start + chunk].float(), self.input_scale)
+                codes[start:start + chunk] = torch.quantize_per_tensor(z, scale, zero_point, torch.quint8).int_repr()
+        return codes
+
+    @torch.no_grad()
+    def forward_codes(self, codes: torch.Tensor) -> torch.Tensor:
+        """Logits of encoded patches: the region the first block's pool reads (fast_layers.pooled_input_region),
+        copied channels-last with `input_pad` zero channels (code = zero point), then the quantised blocks."""
+        scale, zero_point = self.input_qparams
+        region = pooled_input_region(codes, self.crop_convs[0])
+        padded = torch.empty((region.shape[0], region.shape[1] + self.input_pad, *region.shape[2:]),
+                             dtype=torch.uint8, memory_format=torch.channels_last_3d)
+        padded[:, :region.shape[1]] = region
+        padded[:, region.shape[1]:] = zero_point
+        with quantized_engine(self.engine):
+            q = torch._make_per_tensor_quantized_tensor(padded, scale, zero_point)
             for i, (conv, layer) in enumerate(zip(self.crop_convs, self.blocks, strict=True)):
-                if i:  # (the first block's input was cropped before normalising it)
+                if i:  # (the first block's input was cropped above)
                     q = pooled_input_region(q, conv).contiguous(memory_format=torch.channels_last_3d)
                 q = torch.nn.functional.max_pool3d(layer(q), 2, 2)
             last = q.dequantize()
         return self.classifier(last.mean(dim=(2, 3, 4)) if self.global_pool else torch.flatten(last, 1))
 
-    def normalised_input(self, x: torch.Tensor) -> torch.Tensor:
-        """(x − mean image) · scale in one pass, written channels-last with the zero channels after it, of only the
-        region the first block's pool reads (fast_layers.pooled_input_region)."""
-        x = pooled_input_region(x, self.crop_convs[0])
-        shift = pooled_input_region(self.shift[None], self.crop_convs[0])
-        z = torch.empty((x.shape[0], x.shape[1] + self.input_pad, *x.shape[2:]), dtype=torch.float32,
-                        memory_format=torch.channels_last_3d)
-        torch.addcmul(shift, x.float(), self.input_scale, out=z[:, :x.shape[1]])
-        if self.input_pad:
-            z[:, x.shape[1]:].zero_()
-        return z
-
+    def commutes_with(self, symmetries: torch.Tensor) -> bool:
+        """Whether normalising commutes with these cube symmetries, so that encode-then-permute equals
+        permute-then-encode: true when the mean image is invariant under them, as training makes it for the
+        symmetry group it trained with (train.input_normalisation averages it over that group)."""
+        tolerance = 1e-5 * float(self.shift.abs().max()) + 1e-12
+        return all(torch.allclose(apply_symmetry(self.shift, int(k)), self.shift, rtol=0, atol=tolerance)
+                   for k in torch.unique(symmetries))
 
 
 class ActivationRanges:
