@@ -177,3 +177,30 @@ def test_a_mean_image_without_the_symmetry_is_not_encoded_once():
     quantized = Int8LesionNet(model, [(-30.0, 30.0), (0.0, 5.0), (0.0, 5.0), (0.0, 5.0)])
     assert quantized.commutes_with(torch.tensor([0]))
     assert not quantized.commutes_with(torch.arange(48))
+
+
+def test_int8_says_so_where_this_torch_has_no_int8_3d_kernels(trained, tmp_path, monkeypatch, capsys):
+    import mslesion.quantized as quantized
+
+    assert quantized.int8_available()  # the x86 builds this project pins
+    run, data = trained
+    monkeypatch.setattr(quantized, "int8_available", lambda: False)
+    code, text = run_cli(["predict", run, data, "--out", tmp_path / "p", "--precision", "int8", "--quiet"],
+                         monkeypatch, capsys)
+    assert code == 2 and "no int8 3D convolution" in text and not (tmp_path / "p").exists()
+
+
+@pytest.mark.parametrize("arch", ["paper", "compact"])
+def test_int8_tracks_fp32_on_both_architectures(arch):
+    torch.manual_seed(0)
+    model = LesionNet(2, 3, 23, arch=arch)
+    x = torch.randn(24, 2, 23, 23, 23)
+    model.train()
+    with torch.no_grad():
+        model(x)  # batch-norm statistics of these patches, so the folded convolutions see realistic scales
+    model.eval()
+    with torch.no_grad():
+        reference = model(x)
+        logits = Int8LesionNet(model, activation_ranges(model, [x]))(x)
+    correlation = np.corrcoef(reference.flatten().numpy(), logits.flatten().numpy())[0, 1]
+    assert correlation > 0.98

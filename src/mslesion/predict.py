@@ -119,8 +119,13 @@ def check_int8(trained: TrainedModel, cfg: PredictConfig) -> None:
     """--precision int8 needs the CPU and a model that stored its activation ranges (trained by 0.4.7 or later)."""
     if cfg.precision != "int8":
         return
+    from mslesion.quantized import int8_available, preferred_engine
+
     if parse_device(cfg.device).type != "cpu":
         raise InputError("--precision int8 runs on the CPU only; on a GPU use auto or bf16")
+    if not int8_available():
+        raise InputError(f"--precision int8: this PyTorch build has no int8 3D convolution (quantized engine "
+                         f"{preferred_engine()}); use auto, bf16 or fp32")
     if not trained.activation_ranges:
         raise InputError("--precision int8: this model stores no activation ranges (models trained before mslesion "
                          "0.4.7, and the built-in starter models, have none); use auto, bf16 or fp32, or train it "

@@ -22,6 +22,7 @@ first if an upgrade removes them.
 
 from __future__ import annotations
 
+import functools
 import warnings
 from contextlib import contextmanager
 
@@ -57,6 +58,20 @@ def quantized_engine(engine: str):
             yield
     finally:
         torch.backends.quantized.engine = before
+
+
+@functools.cache
+def int8_available() -> bool:
+    """Whether this PyTorch runs a quantised 3D ReLU-convolution and max-pool (x86 builds do; some ARM builds'
+    engines have no 3D kernels): one tiny pass, once per process."""
+    try:
+        with quantized_engine(preferred_engine()):
+            layer = quantized_conv_relu(torch.ones(2, 1, 3, 3, 3), torch.zeros(2), 0, (0.0, 1.0))
+            x = torch.quantize_per_tensor(torch.ones(1, 1, 4, 4, 4), 0.1, 0, torch.quint8)
+            torch.nn.functional.max_pool3d(layer(x), 2, 2)
+        return True
+    except (RuntimeError, NotImplementedError):
+        return False
 
 
 def uint8_params(low: float, high: float) -> tuple[float, int]:
