@@ -204,3 +204,20 @@ def test_int8_tracks_fp32_on_both_architectures(arch):
         logits = Int8LesionNet(model, activation_ranges(model, [x]))(x)
     correlation = np.corrcoef(reference.flatten().numpy(), logits.flatten().numpy())[0, 1]
     assert correlation > 0.98
+
+
+@pytest.mark.parametrize("channels", [1, 2, 3, 4, 5])
+def test_gathered_codes_are_the_codes_in_each_symmetry(channels):
+    # channel counts of 1, 2, 4 (8) bytes are gathered as one integer per voxel, the others byte rows: both equal
+    # the codes permuted by apply_symmetry, cropped to what the first block's pool reads
+    from mslesion.transforms import apply_symmetry
+
+    quantized = Int8LesionNet(LesionNet(1, 2, 23), [(-1.0, 1.0)] + [(0.0, 1.0)] * 3)
+    codes = torch.randint(0, 256, (3, 23, 23, 23, channels), dtype=torch.uint8)
+    idx, ks = torch.tensor([0, 2, 1, 2]), torch.tensor([0, 5, 17, 47])
+    gathered = quantized.gather_codes(codes, idx, ks)
+    s = quantized.region_size(23)
+    assert s == 22 and gathered.shape == (4, s, s, s, channels)
+    for row, (i, k) in enumerate(zip(idx.tolist(), ks.tolist(), strict=True)):
+        expected = apply_symmetry(codes[i].permute(3, 0, 1, 2), k)[:, :s, :s, :s].permute(1, 2, 3, 0)
+        assert torch.equal(gathered[row], expected)

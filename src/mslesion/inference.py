@@ -53,15 +53,15 @@ def _logits_of_pairs(model, images, idx, ks, batch_size, device, precision,
     if device.type == "cpu":
         keep_freed_memory()
     dtype = autocast_dtype(device, resolve(device, precision, "inference"))
-    forward = model
+    gather, forward = _batch, model
     if isinstance(model, Int8LesionNet) and isinstance(images, torch.Tensor) and model.commutes_with(ks):
-        # each lesion normalised and quantised once, its uint8 codes permuted per symmetry (Int8LesionNet.encode)
-        images, forward = model.encode(images), model.forward_codes
+        # each lesion normalised and quantised once, its uint8 codes gathered per symmetry (Int8LesionNet.encode)
+        images, gather, forward = model.encode(images), model.gather_codes, model.forward_codes
     out = []
     with _padded_input(model, device, dtype):
         for start in range(0, len(idx), batch_size):
             i, k = idx[start:start + batch_size], ks[start:start + batch_size]
-            batch = _batch(images, i, k)
+            batch = gather(images, i, k)
             with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
                 out.append(forward(batch.to(device, non_blocking=True)).float().cpu())
             if progress is not None:
