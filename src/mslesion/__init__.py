@@ -4,4 +4,4 @@ The one version string of the package (pyproject reads it); every run folder and
 when a file format or an output name changes, and say so in CHANGELOG.md.
 """
 
-__version__ = "0.4.6"
+__version__ = "0.4.7"
