@@ -503,6 +503,14 @@ def test_the_labels_template_filled_in_labels_the_next_extraction(tmp_path, monk
                                                                          patches.labels, strict=True)}
     assert got == {(s, lesion): int(codes.get((s, lesion, part), 0)) for s, lesion, part in keys}
     assert sorted(got.values()) == [0, 2, 3, 5, 6]
+    assert "match no subject" not in text
+
+    # a row whose subject id matches none given (a typo) is ignored, and said so
+    filled = (tmp_path / "filled.csv").read_text().splitlines()
+    (tmp_path / "typo.csv").write_text("\n".join([*filled, filled[1].replace("sub-1", "sub-l", 1)]) + "\n")
+    code, text = run_cli(["extract", tmp_path / "bids", "--labels", tmp_path / "typo.csv", "--out",
+                          tmp_path / "third" / "patches.h5", "--patch-size", "23", "--quiet"], monkeypatch, capsys)
+    assert code == 0 and "typo.csv" in text and "sub-l match no subject given" in text, text
 
 
 def test_a_template_of_split_parts_labels_each_part(tmp_path, monkeypatch, capsys):

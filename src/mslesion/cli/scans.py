@@ -68,7 +68,7 @@ def extract_command(
     """Cut one patch per lesion out of NIfTI subjects into a patch file (the format `train` reads)."""
     from mslesion.config import parse_channels
     from mslesion.data.extract import errors_path, labels_template_path, run_extract, sidecar_paths
-    from mslesion.data.subjects import discover, with_labels
+    from mslesion.data.subjects import discover, unmatched_label_subjects, with_labels
 
     cfg = ExtractConfig(out=str(out), channels=parse_channels(channels) if channels else (), patch_size=patch_size,
                         finding=lesion_finding(min_volume, connectivity, instances, resample, voxel_size,
@@ -76,6 +76,11 @@ def extract_command(
     subjects = discover(source, mask, flair, qsm, phenotype, subject)
     if labels is not None:
         subjects = with_labels(subjects, labels)
+        unmatched = unmatched_label_subjects(subjects, labels)
+        if unmatched:
+            shown = ", ".join(unmatched[:5]) + (" …" if len(unmatched) > 5 else "")
+            _print_notes(labels.name, [f"rows for subject(s) {shown} match no subject given (a typo in an id?); "
+                                       "they are ignored"])
     results, failures = run_extract(subjects, cfg, not quiet, overwrite, continue_on_error, jobs)
     for result in results:
         _print_notes(result.subject, result.notes)

@@ -177,3 +177,15 @@ def with_labels(subjects: list[Subject], labels: Path) -> list[Subject]:
             raise InputError(f"subject {subject.id} already has labels ({subject.phenotype}); give labels either "
                              "with --labels or per subject, not both", labels)
     return [dataclasses.replace(subject, phenotype=labels) for subject in subjects]
+
+
+def unmatched_label_subjects(subjects: list[Subject], labels: Path) -> list[str]:
+    """The subjects a labels CSV has rows for that are not among `subjects` (a typo in an id, or labels of subjects
+    not extracted this time): their rows are ignored, which the user should hear about. Unreadable files: [] (the
+    reader of the labels reports them)."""
+    try:
+        with labels.open(newline="") as f:
+            named = {(row.get("subject") or "").strip() for row in csv.DictReader(f)}
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return []
+    return sorted(named - {subject.id for subject in subjects} - {""})
