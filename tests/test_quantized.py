@@ -221,3 +221,9 @@ def test_gathered_codes_are_the_codes_in_each_symmetry(channels):
     for row, (i, k) in enumerate(zip(idx.tolist(), ks.tolist(), strict=True)):
         expected = apply_symmetry(codes[i].permute(3, 0, 1, 2), k)[:, :s, :s, :s].permute(1, 2, 3, 0)
         assert torch.equal(gathered[row], expected)
+
+
+def test_no_lesions_give_an_empty_table_of_the_models_classes():
+    quantized = Int8LesionNet(LesionNet(1, 6, 23), [(-1.0, 1.0)] + [(0.0, 1.0)] * 3)
+    probabilities, _ = predict_probabilities(quantized, torch.zeros(0, 1, 23, 23, 23), precision="fp32")
+    assert probabilities.shape == (0, 6)

@@ -130,6 +130,20 @@ class _BNReLUPool(torch.autograd.Function):
         return grad_x, torch.zeros_like(weight), grad_weight.to(weight.dtype), grad_bias.to(weight.dtype), None
 
 
+def batch_norm_scale(bn: nn.modules.batchnorm._BatchNorm) -> torch.Tensor:
+    """γ/σ per channel of an evaluation-mode batch norm: y = scale·(x − running mean) + β."""
+    return bn.weight * torch.rsqrt(bn.running_var + bn.eps)
+
+
+def folded_batch_norm(conv: nn.Conv3d, bn: nn.modules.batchnorm._BatchNorm) -> tuple[torch.Tensor, torch.Tensor]:
+    """The weight and bias of conv followed by the evaluation-mode bn, as one convolution: w·γ/σ, (b − μ)·γ/σ + β
+    (the fused inference path and int8 inference, mslesion.quantized)."""
+    scale = batch_norm_scale(bn)
+    weight = conv.weight * scale.view((-1,) + (1,) * (conv.weight.ndim - 1))
+    bias = ((conv.bias if conv.bias is not None else 0) - bn.running_mean) * scale + bn.bias
+    return weight, bias
+
+
 def padded_weight(weight: torch.Tensor, in_channels: int) -> torch.Tensor:
     """The conv weight with zero input channels appended up to `in_channels` (LesionNet.pad_input): the zero
     channels of the input meet zero weights, so the output is the same up to rounding."""
@@ -152,12 +166,9 @@ def conv_bn_relu_pool(x: torch.Tensor, conv: nn.Conv3d, bn: nn.modules.batchnorm
     # inference: fold batch norm into the conv where its scale is positive (then max-pool and ReLU commute
     # with it), so the full-size conv output is read once, by the pool
     x = pooled_input_region(x, conv)
-    scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)
-    if x.device.type == "cpu" and bool((scale > 0).all()):  # (the check would stall a GPU)
-        shape = (-1,) + (1,) * (conv.weight.ndim - 1)
-        weight = padded_weight(conv.weight * scale.view(shape), x.shape[1])
-        bias = (conv.bias - bn.running_mean) * scale + bn.bias
-        return F.relu(_max_pool(conv._conv_forward(x, weight, bias)))
+    if x.device.type == "cpu" and bool((batch_norm_scale(bn) > 0).all()):  # (the check would stall a GPU)
+        weight, bias = folded_batch_norm(conv, bn)
+        return F.relu(_max_pool(conv._conv_forward(x, padded_weight(weight, x.shape[1]), bias)))
     return _max_pool(F.relu(bn(conv._conv_forward(x, padded_weight(conv.weight, x.shape[1]), conv.bias))))
 
 

@@ -60,7 +60,7 @@ def embeddings(model: torch.nn.Module, images, batch_size: int = INFERENCE_BATCH
         x = torch.as_tensor(images[s:s + batch_size]).to(device).float()
         blocks = model.block_outputs(x)
         if ranges is not None:
-            ranges.add([model.normalise(x)] + blocks)
+            ranges.add(model, x, blocks)
         spatial = (2, 3, 4)
         out.append(torch.cat([torch.cat([b.mean(dim=spatial), b.std(dim=spatial, correction=0)], 1) for b in blocks],
                              1).cpu())

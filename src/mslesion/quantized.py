@@ -30,9 +30,9 @@ import torch
 from torch import nn
 from torch.ao.nn.intrinsic.quantized import ConvReLU3d
 
-from mslesion.fast_layers import padded_weight, pooled_input_region
+from mslesion.fast_layers import folded_batch_norm, padded_weight, pooled_input_region
 from mslesion.model import LesionNet
-from mslesion.transforms import apply_symmetry, symmetry_index_maps
+from mslesion.transforms import apply_symmetry, per_sample_gather, symmetry_index_maps
 
 UINT8_LEVELS = 255
 INT8_WEIGHT_LEVELS = 127
@@ -84,14 +84,6 @@ def uint8_params(low: float, high: float) -> tuple[float, int]:
     return scale, min(max(zero_point, 0), UINT8_LEVELS)
 
 
-def folded_conv(conv: nn.Conv3d, bn: nn.modules.batchnorm._BatchNorm) -> tuple[torch.Tensor, torch.Tensor]:
-    """The conv's weight and bias with the evaluation-mode batch norm after it folded in."""
-    scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)
-    weight = conv.weight * scale.view(-1, 1, 1, 1, 1)
-    bias = ((conv.bias if conv.bias is not None else 0) - bn.running_mean) * scale + bn.bias
-    return weight.detach().float(), bias.detach().float()
-
-
 def quantized_conv_relu(weight: torch.Tensor, bias: torch.Tensor, padding: int, out_range: tuple[float, float],
                         ) -> ConvReLU3d:
     """A quantised conv → ReLU: int8 weights per output channel (symmetric), uint8 output over out_range."""
@@ -110,8 +102,7 @@ class Int8LesionNet(nn.Module):
     normalised inside) and output (logits); values differ from fp32 by quantisation (see the module docstring).
 
     activation_ranges: [(low, high)] of the normalised input and of each block's output over training patches
-    (LesionNet.activation_ranges). input_pad: zero input channels appended (oneDNN's kernel choice, as
-    LesionNet.pad_input)."""
+    (ActivationRanges). input_pad: zero input channels appended (oneDNN's kernel choice, as LesionNet.pad_input)."""
 
     def __init__(self, model: LesionNet, activation_ranges: list[tuple[float, float]], input_pad: int = 0,
                  engine: str | None = None) -> None:
@@ -122,16 +113,19 @@ class Int8LesionNet(nn.Module):
         self.engine = engine or preferred_engine()
         self.input_scale = model.input_scale.detach().float()
         self.shift = -model.mean_image.detach().float() * self.input_scale  # (x − mean)·scale = x·scale + shift
-        self.in_channels, self.input_pad, self.global_pool = model.in_channels, input_pad, model.global_pool
+        self.n_classes, self.input_pad, self.global_pool = model.n_classes, input_pad, model.global_pool
         self.input_qparams = uint8_params(*activation_ranges[0])
-        self.paddings = [int(block[0].padding[0]) for block in model.features]
         self.crop_convs = [block[0] for block in model.features]  # pooled_input_region reads kernel and padding
+        layers = []
         with quantized_engine(self.engine):
-            self.blocks = nn.ModuleList(
-                quantized_conv_relu(padded_weight(w, w.shape[1] + (input_pad if i == 0 else 0)), b, padding, rng)
-                for i, ((w, b), padding, rng) in enumerate(zip(
-                    (folded_conv(block[0], block[1]) for block in model.features), self.paddings,
-                    activation_ranges[1:], strict=True)))
+            for conv, bn, out_range in zip(self.crop_convs, (block[1] for block in model.features),
+                                           activation_ranges[1:], strict=True):
+                weight, bias = folded_batch_norm(conv, bn)
+                if not layers:  # the first convolution meets the zero input channels
+                    weight = padded_weight(weight, weight.shape[1] + input_pad)
+                layers.append(quantized_conv_relu(weight.detach().float(), bias.detach().float(),
+                                                  int(conv.padding[0]), out_range))
+        self.blocks = nn.ModuleList(layers)
         self.classifier = model.classifier
         self._region_maps: dict[int, tuple[int, torch.Tensor]] = {}
 
@@ -177,9 +171,9 @@ class Int8LesionNet(nn.Module):
         flat = codes.view(n, size**3, channels)
         if word is not None:
             flat = flat.view(word).view(n, size**3, 1)
-        out = torch.empty((len(idx), s**3, flat.shape[-1]), dtype=flat.dtype)
-        for row, (i, k) in enumerate(zip(idx.tolist(), ks.tolist(), strict=True)):
-            torch.index_select(flat[i], 0, maps[k], out=out[row])
+        # transforms' per-sample gather selects along the last axis: [N, 1 or C', V] → [B, 1 or C', s³]
+        gathered = per_sample_gather(flat.transpose(1, 2), maps, idx, ks)
+        out = gathered.view(len(idx), s**3, 1) if word is not None else gathered.transpose(1, 2).contiguous()
         return out.view(torch.uint8).view(len(idx), s, s, s, channels)
 
     def region_maps(self, size: int) -> tuple[int, torch.Tensor]:
@@ -221,7 +215,9 @@ class ActivationRanges:
         self.high: torch.Tensor | None = None
 
     @torch.no_grad()
-    def add(self, tensors: list[torch.Tensor]) -> None:
+    def add(self, model: LesionNet, x: torch.Tensor, blocks: list[torch.Tensor]) -> None:
+        """Take in a batch x of raw patches and its block outputs (model.block_outputs(x), which the caller has)."""
+        tensors = [model.normalise(x), *blocks]
         lows = torch.stack([t.amin().float().cpu() for t in tensors])
         highs = torch.stack([t.amax().float().cpu() for t in tensors])
         self.low = lows if self.low is None else torch.minimum(self.low, lows)
@@ -240,5 +236,5 @@ def activation_ranges(model: LesionNet, batches) -> list[tuple[float, float]]:
     tracker = ActivationRanges()
     for batch in batches:
         x = batch.float()
-        tracker.add([model.normalise(x)] + model.block_outputs(x))
+        tracker.add(model, x, model.block_outputs(x))
     return tracker.ranges()

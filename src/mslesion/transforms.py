@@ -121,8 +121,9 @@ def batched_gather(flat: torch.Tensor, maps: torch.Tensor, idx: torch.Tensor, ks
 
 
 def per_sample_gather(flat: torch.Tensor, maps: torch.Tensor, idx: torch.Tensor, ks: torch.Tensor) -> torch.Tensor:
-    """Same result as batched_gather, one contiguous index_select per sample (fastest on the CPU)."""
-    out = torch.empty((len(idx), flat.shape[1], flat.shape[2]), dtype=flat.dtype)
+    """Same result as batched_gather, one contiguous index_select per sample (fastest on the CPU). maps may list
+    fewer voxels than flat has (a region of the patch): the output has one per map entry."""
+    out = torch.empty((len(idx), flat.shape[1], maps.shape[1]), dtype=flat.dtype)
     for row, (i, k) in enumerate(zip(idx.tolist(), ks.tolist(), strict=True)):
         torch.index_select(flat[i], 1, maps[k], out=out[row])
     return out
