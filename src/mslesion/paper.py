@@ -63,12 +63,12 @@ PAPER_TABLE3 = {
     "flair,mask": 71.01, "qsm,mask": 89.45, "flair,qsm,mask": 89.00,
 }
 PAPER_BASELINE = 66.66
-PAPER_CLASS_NAMES = ("remyelinating", "demyelinating")
+# The 7 channel combinations of Table 3, in its order: the default channel sets of `ablate` and `demo`.
+CHANNEL_SETS = tuple(PAPER_TABLE3)
+PAPER_CLASS_NAMES = tuple(group.split("=")[0] for group in PAPER_CLASSES.split(";"))  # remyelinating, demyelinating
 
 
 def table3_accuracy(channels: str, class_names) -> float | None:
     """The paper's Table 3 accuracy (%) of a channel set, where a result is on the paper's task (its two classes);
     None otherwise: beside a six-class or another binary task's accuracy it would compare unlike things."""
     return PAPER_TABLE3.get(channels) if tuple(class_names) == PAPER_CLASS_NAMES else None
-# The 7 channel combinations of Table 3, in its order: the default channel sets of `ablate` and `demo`.
-CHANNEL_SETS = tuple(PAPER_TABLE3)

@@ -120,11 +120,12 @@ def results_table(results: dict):
 
     table = Table(title="channel ablation: estimate [95% CI over patients]")
     papers = [table3_accuracy(row["channels"], row.get("class_names", PAPER_CLASS_NAMES)) for row in results["rows"]]
+    paper_task = any(p is not None for p in papers)
     columns = ("channels", "accuracy", "balanced acc.", "ROC AUC", "PR AUC")
-    for column in columns + (("paper acc.",) if any(p is not None for p in papers) else ()):
+    for column in columns + (("paper acc.",) if paper_task else ()):
         table.add_column(column, justify="left" if column == "channels" else "right")
     for row, paper in zip(results["rows"], papers, strict=True):
         cells = [row["channels"], ci(row, "accuracy"), ci(row, "balanced_accuracy"), ci(row, "roc_auc"),
                  ci(row, "pr_auc")]
-        table.add_row(*cells, *([f"{paper / 100:.3f}" if paper else "–"] if any(papers) else []))
+        table.add_row(*cells, *([f"{paper / 100:.3f}" if paper is not None else "–"] if paper_task else []))
     return table
