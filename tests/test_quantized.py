@@ -15,12 +15,13 @@ from test_predict import make_run, read_rows
 
 from mslesion import precision
 from mslesion.config import TrainConfig
-from mslesion.data.patches import write_patches
+from mslesion.data.patches import read_patches, write_patches
 from mslesion.inference import predict_probabilities
 from mslesion.model import LesionNet
 from mslesion.quantized import ActivationRanges, Int8LesionNet, activation_ranges, uint8_params
 from mslesion.runs import load_trained
 from mslesion.train import train
+from mslesion.transforms import N_SYMMETRIES, apply_symmetry, gather_augmented
 
 
 @pytest.fixture(scope="module")
@@ -72,8 +73,6 @@ def test_uint8_codes_cover_the_range_and_hold_zero_exactly(low, high):
 def test_int8_follows_the_fp32_net_of_a_trained_model(trained):
     run, data = trained
     model = load_trained(run)
-    from mslesion.data.patches import read_patches
-
     images = torch.from_numpy(read_patches(data, ("flair", "qsm")).images)
     fp32, _ = predict_probabilities(model.model, images, precision="fp32")
     int8, _ = predict_probabilities(Int8LesionNet(model.model, model.activation_ranges), images, precision="fp32")
@@ -86,8 +85,6 @@ def test_int8_follows_the_fp32_net_of_a_trained_model(trained):
 def test_zero_input_channels_change_nothing_in_integers(trained):
     run, data = trained
     model = load_trained(run)
-    from mslesion.data.patches import read_patches
-
     images = torch.from_numpy(read_patches(data, ("flair", "qsm")).images[:16])
     plain = Int8LesionNet(model.model, model.activation_ranges)(images)
     padded = Int8LesionNet(model.model, model.activation_ranges, input_pad=2)(images)
@@ -152,9 +149,6 @@ def test_a_real_int8_padding_measurement_times_every_candidate():
 def test_tta_encodes_each_lesion_once_with_the_same_result(trained):
     # training averages the mean image over its symmetry group, so normalising commutes with the group: encoded
     # codes permuted per symmetry give what permuting the raw patches and encoding them gives
-    from mslesion.data.patches import read_patches
-    from mslesion.transforms import N_SYMMETRIES, gather_augmented
-
     run, data = trained
     model = load_trained(run)
     quantized = Int8LesionNet(model.model, model.activation_ranges)
@@ -210,8 +204,6 @@ def test_int8_tracks_fp32_on_both_architectures(arch):
 def test_gathered_codes_are_the_codes_in_each_symmetry(channels):
     # channel counts of 1, 2, 4 (8) bytes are gathered as one integer per voxel, the others byte rows: both equal
     # the codes permuted by apply_symmetry, cropped to what the first block's pool reads
-    from mslesion.transforms import apply_symmetry
-
     quantized = Int8LesionNet(LesionNet(1, 2, 23), [(-1.0, 1.0)] + [(0.0, 1.0)] * 3)
     codes = torch.randint(0, 256, (3, 23, 23, 23, channels), dtype=torch.uint8)
     idx, ks = torch.tensor([0, 2, 1, 2]), torch.tensor([0, 5, 17, 47])
