@@ -273,6 +273,8 @@ def make_run_inputs(d: Path, env: dict[str, str]) -> None:
     state = dict(model["state_dict"])
     state.pop(next(iter(state)))
     torch.save({**model, "state_dict": state}, r / "missingkeys" / "model.pt")
+    env["run_noranges"] = str(copy_run(run, r / "noranges"))  # a model.pt as written before 0.4.7
+    torch.save({k: v for k, v in model.items() if k != "activation_ranges"}, r / "noranges" / "model.pt")
     env["run_pickle"] = str(copy_run(run, r / "pickle"))
     env["pwned"] = str(d / "pwned")
     torch.save({"format": "mslesion", "payload": Pwned(env["pwned"])}, r / "pickle" / "model.pt")
@@ -657,6 +659,7 @@ ARG_CASES = [
     case("arg-train-arch-unknown", [*TRAIN, "--arch", "resnet"], 2, "--arch", "resnet"),
     case("arg-train-split-unknown", [*TRAIN, "--split", "random"], 2, "--split", "random"),
     case("arg-train-precision-unknown", [*TRAIN, "--precision", "fp16"], 2, "--precision"),
+    case("arg-train-precision-int8", [*TRAIN, "--precision", "int8"], 2, "--precision", "int8"),
     case("arg-train-input-norm-unknown", [*TRAIN, "--input-norm", "minmax"], 2, "--input-norm"),
     case("arg-train-cv-one", [*TRAIN, "--cv", "1"], 2, "--cv"),
     case("arg-train-fold-out-of-range", [*TRAIN, "--cv", "3", "--fold", "7"], 2, "--fold"),
@@ -675,6 +678,8 @@ ARG_CASES = [
     case("arg-predict-abstain-1.5", [*PREDICT, "--abstain", "1.5"], 2, "--abstain"),
     case("arg-predict-batch-size-zero", [*PREDICT, "--batch-size", "0"], 2, "--batch-size"),
     case("arg-predict-precision-fp64", [*PREDICT, "--precision", "fp64"], 2, "--precision"),
+    case("arg-predict-int8-model-without-ranges", ["predict", "{run_noranges}", *PREDICT[2:], "--precision", "int8"], 2,
+         "noranges", "--precision int8", "activation ranges"),
     case("arg-predict-threads-negative", [*PREDICT, "--threads", "-3"], 2, "--threads"),
     case("arg-evaluate-device-cuda0", ["evaluate", "{run}", "--device", "cuda:0"], 2, "--device", "CUDA"),
     case("arg-evaluate-device-tpu", ["evaluate", "{run}", "--device", "tpu"], 2, "--device", "tpu"),
